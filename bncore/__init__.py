@@ -1,0 +1,61 @@
+"""bncore: BatchNorm that matches PyTorch, as pure functions over NumPy or CuPy arrays."""
+
+from bncore.backend import Backend, Device, namespace, select, to_host
+from bncore.batchnorm import (
+    FitResult,
+    Gradients,
+    affine_params,
+    backward,
+    check_input,
+    fit,
+    fold,
+    transform,
+)
+from bncore.errors import (
+    BatchSizeError,
+    BNError,
+    ConfigError,
+    DTypeError,
+    NonFiniteError,
+    ShapeError,
+    StateError,
+)
+from bncore.moments import Moments, NanPolicy, batch_moments, channels_view
+from bncore.presets import CONVENTIONS, Convention, export_state, import_values
+from bncore.state import BNConfig, BNState, initial_state, state_from_bytes, state_to_bytes
+
+__all__ = [
+    "CONVENTIONS",
+    "BNConfig",
+    "BNError",
+    "BNState",
+    "Backend",
+    "BatchSizeError",
+    "ConfigError",
+    "Convention",
+    "DTypeError",
+    "Device",
+    "FitResult",
+    "Gradients",
+    "Moments",
+    "NanPolicy",
+    "NonFiniteError",
+    "ShapeError",
+    "StateError",
+    "affine_params",
+    "backward",
+    "batch_moments",
+    "channels_view",
+    "check_input",
+    "export_state",
+    "fit",
+    "fold",
+    "import_values",
+    "initial_state",
+    "namespace",
+    "select",
+    "state_from_bytes",
+    "state_to_bytes",
+    "to_host",
+    "transform",
+]

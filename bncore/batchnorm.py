@@ -1,0 +1,280 @@
+"""BatchNorm as pure functions: train and eval forward, backward, fold.
+
+Each takes a ``BNState`` and arrays and returns results (and a new state where the layer
+changes); nothing is mutated in place. Shapes: x is (N, C, *S) for ``channel_axis=1`` or
+(*S, C) for ``channel_axis=-1``, 2-D to 5-D; statistics are (C,) float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from types import ModuleType
+from typing import Any
+
+from bncore.backend import THREADS, Array, is_host, namespace, parallel_map
+from bncore.errors import DTypeError, NonFiniteError, ShapeError, StateError
+from bncore.moments import Moments, _quiet, batch_moments, channels_view
+from bncore.state import BNState
+
+__all__ = [
+    "FitResult",
+    "Gradients",
+    "affine_params",
+    "backward",
+    "check_input",
+    "fit",
+    "fold",
+    "transform",
+]
+
+_FLOATS = ("float16", "float32", "float64")
+# Elements per block of the threaded affine kernel (input + output stay in L2).
+_AFFINE_BLOCK = 1 << 18
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Train-mode result: the normalized batch (None when not asked for) and the batch's
+    moments (biased ``var`` = M2 / count is what normalized it)."""
+
+    output: Array | None
+    batch: Moments
+
+
+@dataclass(frozen=True)
+class Gradients:
+    """dL/dx (shape and dtype of x) and dL/dweight, dL/dbias ((C,) float64; None without affine)."""
+
+    grad_input: Array
+    grad_weight: Array | None
+    grad_bias: Array | None
+
+
+def check_input(x: Array, state: BNState, what: str = "input") -> Array:
+    """Validate rank, channel count and dtype like PyTorch; return the (A, C, B) view."""
+    cfg = state.config
+    if x.dtype.name not in _FLOATS:
+        raise DTypeError(f"{what} dtype must be one of {', '.join(_FLOATS)}, got {x.dtype.name}")
+    if not 2 <= x.ndim <= 5:
+        raise ShapeError(f"expected 2D to 5D {what}, got {x.ndim}D input of shape {tuple(x.shape)}")
+    axis = cfg.channel_axis % x.ndim
+    if x.shape[axis] != cfg.num_features:
+        raise ShapeError(
+            f"expected {cfg.num_features} features on axis {cfg.channel_axis} of {what}, "
+            f"got {x.shape[axis]} (shape {tuple(x.shape)})"
+        )
+    return channels_view(x, cfg.channel_axis)
+
+
+def _compute_dtype(xp: ModuleType, dtype: Any) -> Any:
+    # float16 is computed in float32, as PyTorch's CPU kernel does with float32 parameters.
+    return xp.float64 if dtype == xp.float64 else xp.float32
+
+
+def _affine(x3: Array, scale: Array, shift: Array, check: bool = False) -> tuple[Array, bool]:
+    """y = x * scale + shift per channel, in x's dtype; blocked and threaded on the CPU.
+
+    With ``check`` it also reports whether every output value is finite, summing each block
+    while it is still in cache (a sum is NaN/Inf iff a term is, short of overflow).
+    """
+    xp = namespace(x3)
+    a, c, b = x3.shape
+    cdt = _compute_dtype(xp, x3.dtype)
+    sc, sh = scale.astype(cdt), shift.astype(cdt)
+    if b == 1:
+        x2 = x3.reshape(a, c)
+    else:
+        x2, sc, sh = x3, sc[:, None], sh[:, None]
+    if x3.dtype != cdt or not is_host(xp):
+        y = (x2.astype(cdt, copy=False) * sc + sh).astype(x3.dtype, copy=False)
+        return y.reshape(x3.shape), not check or bool(xp.isfinite(y.sum()))
+    out = xp.empty_like(x2)
+    rows = max(1, _AFFINE_BLOCK // (c * b))
+
+    def run(starts: list[int]) -> bool:
+        finite = True
+        for r in starts:
+            ob = out[r : r + rows]
+            xp.multiply(x2[r : r + rows], sc, out=ob)
+            xp.add(ob, sh, out=ob)
+            if check:
+                finite &= bool(xp.isfinite(ob.sum()))
+        return finite
+
+    starts = list(range(0, a, rows))
+    groups = [starts[t::THREADS] for t in range(min(THREADS, len(starts)))]
+    with _quiet(xp):
+        finite = all(parallel_map(run, groups))
+    return out.reshape(x3.shape), finite
+
+
+def _scale_shift(
+    state: BNState, mean: Array, var: Array
+) -> tuple[Array, Array]:
+    """scale = weight / sqrt(var + eps), shift = bias - mean * scale, in float64."""
+    xp = namespace(mean)
+    scale = 1.0 / xp.sqrt(var + state.config.eps)
+    if state.weight is not None and state.bias is not None:
+        scale = scale * state.weight.astype(xp.float64)
+        return scale, state.bias.astype(xp.float64) - mean * scale
+    return scale, -mean * scale
+
+
+def affine_params(state: BNState) -> tuple[Array, Array]:
+    """Inference-mode ``(scale, shift)`` from the running statistics, float64 (C,)."""
+    if state.running_mean is None or state.running_var is None:
+        raise StateError("the session does not track running statistics (track_running_stats false)")
+    xp = namespace(state.running_mean)
+    return _scale_shift(
+        state, state.running_mean.astype(xp.float64), state.running_var.astype(xp.float64)
+    )
+
+
+def _reject_nonfinite(x3: Array) -> None:
+    """Raise ``NonFiniteError`` naming the channels of x that hold NaN/Inf, if any."""
+    xp = namespace(x3)
+    bad = ~xp.isfinite(x3).all(axis=(0, 2))
+    channels = [int(i) for i in xp.nonzero(bad)[0].tolist()]
+    if channels:
+        raise NonFiniteError(channels)
+
+
+def _update_running(state: BNState, batch: Moments) -> BNState:
+    """PyTorch's running update: EMA with factor ``momentum`` (or 1/num_batches_tracked),
+    biased mean, unbiased variance M2 / (n - 1); computed in float64, stored in the buffers' dtype."""
+    cfg = state.config
+    if not cfg.track_running_stats or state.running_mean is None or state.running_var is None:
+        return replace(state, population=state.population.merge(batch))
+    xp = namespace(batch.mean)
+    tracked = state.num_batches_tracked + 1
+    f = 1.0 / tracked if cfg.momentum is None else cfg.momentum
+    dt = state.running_mean.dtype
+    unbiased = batch.m2 / (batch.count - 1)  # count >= 2: batch_moments checked it
+    rm = f * batch.mean + (1 - f) * state.running_mean.astype(xp.float64)
+    rv = f * unbiased + (1 - f) * state.running_var.astype(xp.float64)
+    return replace(
+        state,
+        running_mean=rm.astype(dt),
+        running_var=rv.astype(dt),
+        num_batches_tracked=tracked,
+        population=state.population.merge(batch),
+    )
+
+
+def fit(state: BNState, x: Array, *, output: bool = True) -> tuple[BNState, FitResult]:
+    """Train-mode forward: normalize ``x`` with its own (biased) statistics and fold the batch
+    into the running statistics and the population moments.
+
+    Raises ``BatchSizeError`` for one value per channel and ``NonFiniteError`` for NaN/Inf
+    under ``nan_policy='reject'``; the given state is never changed.
+    """
+    x3 = check_input(x, state)
+    batch = batch_moments(x3, state.config.nan_policy)
+    y = None
+    if output:
+        y = _affine(x3, *_scale_shift(state, batch.mean, batch.m2 / batch.count))[0]
+        y = y.reshape(x.shape)
+    return _update_running(state, batch), FitResult(y, batch)
+
+
+def transform(state: BNState, x: Array) -> Array:
+    """Inference-mode forward with the running statistics (batch statistics when the session
+    does not track them, as PyTorch does). Never changes the state."""
+    x3 = check_input(x, state)
+    if not state.config.track_running_stats:
+        batch = batch_moments(x3, state.config.nan_policy)
+        y = _affine(x3, *_scale_shift(state, batch.mean, batch.m2 / batch.count))[0]
+        return y.reshape(x.shape)
+    reject = state.config.nan_policy == "reject"
+    y, finite = _affine(x3, *affine_params(state), check=reject)
+    if not finite:  # NaN/Inf input, or an overflow: only the former is an error
+        _reject_nonfinite(x3)
+    return y.reshape(x.shape)
+
+
+def backward(
+    state: BNState,
+    x: Array,
+    grad_output: Array,
+    *,
+    train: bool = True,
+    lr: float | None = None,
+) -> tuple[BNState, Gradients]:
+    """Gradients of BatchNorm at ``x`` for upstream ``grad_output`` (same shape as x).
+
+    Train mode differentiates through the batch statistics (the paper's section 3); eval mode
+    uses the running statistics: dL/dx = dL/dy * scale. With ``lr`` an SGD step
+    ``weight -= lr * grad_weight`` (and bias) is applied to the returned state.
+    """
+    x3 = check_input(x, state)
+    if grad_output.shape != x.shape:
+        raise ShapeError(
+            f"grad_output must have the shape of the input {tuple(x.shape)}, "
+            f"got {tuple(grad_output.shape)}"
+        )
+    g3 = check_input(grad_output, state, "grad_output")
+    xp = namespace(x3)
+    cfg = state.config
+    batch_mode = train or not cfg.track_running_stats
+    if batch_mode:
+        batch = batch_moments(x3, cfg.nan_policy)
+        mean, var, n = batch.mean, batch.var, batch.count
+    else:
+        assert state.running_mean is not None and state.running_var is not None
+        mean = state.running_mean.astype(xp.float64)
+        var = state.running_var.astype(xp.float64)
+    if cfg.nan_policy == "reject":
+        _reject_nonfinite(g3)
+    with _quiet(xp):
+        invstd = 1.0 / xp.sqrt(var + cfg.eps)
+        g = g3.astype(xp.float64)
+        xhat = (x3.astype(xp.float64) - mean[:, None]) * invstd[:, None]
+        gb = g.sum(axis=(0, 2))
+        gw = xp.einsum("ijk,ijk->j", g, xhat)
+        w = state.weight.astype(xp.float64) if state.weight is not None else xp.ones_like(mean)
+        if batch_mode:
+            k = (w * invstd / n)[:, None]
+            gx = k * (n[:, None] * g - gb[:, None] - xhat * gw[:, None])
+        else:
+            gx = g * (w * invstd)[:, None]
+    grads = Gradients(
+        gx.astype(x.dtype).reshape(x.shape),
+        gw if cfg.affine else None,
+        gb if cfg.affine else None,
+    )
+    if lr is None:
+        return state, grads
+    if not (lr > 0):
+        raise ShapeError(f"lr must be > 0, got {lr}")
+    if state.weight is None or state.bias is None:
+        raise StateError("an SGD step needs affine weight and bias (affine is false)")
+    dt = state.weight.dtype
+    stepped = replace(
+        state,
+        weight=(state.weight.astype(xp.float64) - lr * gw).astype(dt),
+        bias=(state.bias.astype(xp.float64) - lr * gb).astype(dt),
+    )
+    return stepped, grads
+
+
+def fold(state: BNState, weight: Array, bias: Array | None = None) -> tuple[Array, Array]:
+    """Fold the layer (eval mode) into a preceding linear/conv layer with ``weight`` (C, ...)
+    and ``bias`` (C,) (zeros when None): W' = W * scale, b' = (b - running_mean) * scale + beta.
+    Results keep the dtype of ``weight``."""
+    c = state.config.num_features
+    xp = namespace(weight)
+    if weight.dtype.name not in _FLOATS:
+        raise DTypeError(f"weight dtype must be one of {', '.join(_FLOATS)}, got {weight.dtype.name}")
+    if weight.ndim < 1 or weight.shape[0] != c:
+        raise ShapeError(f"weight must have {c} output channels on axis 0, got shape {tuple(weight.shape)}")
+    if bias is not None and bias.shape != (c,):
+        raise ShapeError(f"bias must have shape ({c},), got {tuple(bias.shape)}")
+    scale, _ = affine_params(state)
+    assert state.running_mean is not None
+    b = bias.astype(xp.float64) if bias is not None else xp.zeros(c)
+    beta = state.bias.astype(xp.float64) if state.bias is not None else xp.zeros(c)
+    w_new = weight.astype(xp.float64) * scale.reshape((c,) + (1,) * (weight.ndim - 1))
+    b_new = (b - state.running_mean.astype(xp.float64)) * scale + beta
+    out_dt = weight.dtype
+    return w_new.astype(out_dt), b_new.astype(bias.dtype if bias is not None else out_dt)
+

@@ -1,0 +1,232 @@
+"""The session state record: configuration plus buffers, to and from plain dicts and bytes."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import asdict, dataclass, replace
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+
+from bncore.backend import Array, to_host
+from bncore.errors import ConfigError, NonFiniteError, ShapeError, StateError
+from bncore.moments import Moments, NanPolicy
+
+__all__ = [
+    "BNConfig",
+    "BNState",
+    "DTypeName",
+    "initial_state",
+    "state_from_bytes",
+    "state_to_bytes",
+]
+
+DTypeName = Literal["float32", "float64"]
+_DTYPES = ("float32", "float64")
+_POLICIES = ("reject", "propagate", "omit")
+_MAGIC = b"BNS\x01"
+
+
+@dataclass(frozen=True)
+class BNConfig:
+    """What a BatchNorm layer is, with PyTorch's defaults and meanings.
+
+    ``momentum`` is the weight of the new batch (PyTorch); ``None`` is the cumulative average.
+    ``channel_axis`` is 1 (N, C, ...) or -1 (channels-last). ``dtype`` is the buffers' dtype.
+    """
+
+    num_features: int
+    eps: float = 1e-5
+    momentum: float | None = 0.1
+    affine: bool = True
+    track_running_stats: bool = True
+    channel_axis: int = 1
+    dtype: DTypeName = "float32"
+    nan_policy: NanPolicy = "reject"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_features, bool) or not isinstance(self.num_features, int):
+            raise ConfigError(f"num_features must be an integer, got {self.num_features!r}")
+        if self.num_features < 1:
+            raise ConfigError(f"num_features must be >= 1, got {self.num_features}")
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
+            raise ConfigError(f"eps must be a finite number > 0, got {self.eps!r}")
+        m = self.momentum
+        if m is not None and not (isinstance(m, (int, float)) and 0 < m <= 1):
+            raise ConfigError(f"momentum must be in (0, 1] or null, got {m!r}")
+        if self.channel_axis not in (1, -1):
+            raise ConfigError(f"channel_axis must be 1 or -1, got {self.channel_axis!r}")
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.nan_policy not in _POLICIES:
+            raise ConfigError(f"nan_policy must be one of {_POLICIES}, got {self.nan_policy!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BNConfig:
+        """Inverse of ``to_dict``; unknown keys are an error."""
+        known = set(cls.__dataclass_fields__)
+        extra = sorted(set(d) - known)
+        if extra:
+            raise ConfigError(f"unknown config field(s): {', '.join(extra)}")
+        try:
+            return cls(**d)
+        except TypeError as exc:  # a required field is missing
+            raise ConfigError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class BNState:
+    """A BatchNorm layer's state. Buffers are (C,) arrays in ``config.dtype``; ``weight`` and
+    ``bias`` are None without ``affine``, the running buffers None without
+    ``track_running_stats``. ``population`` holds the exact float64 moments of every fitted value."""
+
+    config: BNConfig
+    weight: Array | None
+    bias: Array | None
+    running_mean: Array | None
+    running_var: Array | None
+    num_batches_tracked: int
+    population: Moments
+
+    def buffers(self) -> dict[str, Array]:
+        """The PyTorch ``state_dict`` tensors that exist for this configuration, by name."""
+        out: dict[str, Array] = {}
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def to_host(self) -> BNState:
+        """The same state with every array on the host (NumPy)."""
+        pop = self.population
+        return replace(
+            self,
+            **{k: to_host(v) for k, v in self.buffers().items()},
+            population=Moments(to_host(pop.count), to_host(pop.mean), to_host(pop.m2)),
+        )
+
+    def to_device(self, xp: ModuleType) -> BNState:
+        """The same state with every array in namespace ``xp``."""
+        pop = self.population
+        return replace(
+            self,
+            **{k: xp.asarray(v) for k, v in self.buffers().items()},
+            population=Moments(xp.asarray(pop.count), xp.asarray(pop.mean), xp.asarray(pop.m2)),
+        )
+
+
+def _vector(name: str, value: Any, c: int, dtype: Any, xp: ModuleType, finite: bool) -> Array:
+    try:
+        arr = xp.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ShapeError(f"{name} must be a list of {c} numbers ({exc})") from None
+    if arr.shape != (c,):
+        raise ShapeError(f"{name} must have shape ({c},), got {tuple(arr.shape)}")
+    if finite and not bool(xp.isfinite(arr).all()):
+        raise NonFiniteError([int(i) for i in xp.nonzero(~xp.isfinite(arr))[0].tolist()], name)
+    return arr  # type: ignore[no-any-return]
+
+
+def initial_state(
+    config: BNConfig,
+    *,
+    weight: Any = None,
+    bias: Any = None,
+    running_mean: Any = None,
+    running_var: Any = None,
+    num_batches_tracked: int = 0,
+    population: Moments | None = None,
+    xp: ModuleType = np,
+    finite: bool = True,
+) -> BNState:
+    """A state with running_mean 0, running_var 1, weight 1, bias 0 unless given.
+
+    Given values must be finite unless ``finite=False`` (a stored state may hold the NaN that
+    ``nan_policy='propagate'`` let in)."""
+    c, dt = config.num_features, np.dtype(config.dtype)
+
+    def vec(name: str, value: Any, default: float, enabled: bool) -> Array | None:
+        if not enabled:
+            if value is not None:
+                raise ConfigError(f"{name} given but the configuration has no {name}")
+            return None
+        if value is None:
+            return xp.full(c, default, dtype=dt)  # type: ignore[no-any-return]
+        return _vector(name, value, c, dt, xp, finite)
+
+    track = config.track_running_stats
+    rv = vec("running_var", running_var, 1.0, track)
+    if rv is not None and bool((rv < 0).any()):  # NaN compares False: allowed when not finite
+        raise ShapeError("running_var must be >= 0")
+    if num_batches_tracked < 0:
+        raise StateError(f"num_batches_tracked must be >= 0, got {num_batches_tracked}")
+    return BNState(
+        config=config,
+        weight=vec("weight", weight, 1.0, config.affine),
+        bias=vec("bias", bias, 0.0, config.affine),
+        running_mean=vec("running_mean", running_mean, 0.0, track),
+        running_var=rv,
+        num_batches_tracked=int(num_batches_tracked),
+        population=population if population is not None else Moments.zeros(c, xp),
+    )
+
+
+_ORDER = ("weight", "bias", "running_mean", "running_var")
+
+
+def state_to_bytes(state: BNState) -> bytes:
+    """Compact record: magic, u32 header length, JSON header, then raw little-endian arrays."""
+    host = state.to_host()
+    arrays: list[tuple[str, np.ndarray[Any, Any]]] = list(host.buffers().items())
+    pop = host.population
+    arrays += [("pop_count", pop.count), ("pop_mean", pop.mean), ("pop_m2", pop.m2)]
+    header = {
+        "config": state.config.to_dict(),
+        "num_batches_tracked": state.num_batches_tracked,
+        "arrays": [[name, a.dtype.newbyteorder("<").str] for name, a in arrays],
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    parts = [_MAGIC, struct.pack("<I", len(head)), head]
+    parts += [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for _, a in arrays]
+    return b"".join(parts)
+
+
+def state_from_bytes(data: bytes, xp: ModuleType = np) -> BNState:
+    """Inverse of ``state_to_bytes``; raises ``StateError`` on any inconsistency."""
+    try:
+        if data[:4] != _MAGIC:
+            raise StateError("not a bncore state record (bad magic)")
+        (hlen,) = struct.unpack_from("<I", data, 4)
+        header = json.loads(data[8 : 8 + hlen])
+        config = BNConfig.from_dict(header["config"])
+        c = config.num_features
+        offset = 8 + hlen
+        found: dict[str, np.ndarray[Any, Any]] = {}
+        for name, dtype in header["arrays"]:
+            dt = np.dtype(dtype)
+            arr = np.frombuffer(data, dtype=dt, count=c, offset=offset)
+            found[name] = arr.astype(dt.newbyteorder("="))
+            offset += c * dt.itemsize
+        if offset != len(data):
+            raise StateError(f"state record has {len(data) - offset} trailing byte(s)")
+        pop = Moments(*(xp.asarray(found.pop(k)) for k in ("pop_count", "pop_mean", "pop_m2")))
+        return initial_state(
+            config,
+            **{k: found.get(k) for k in _ORDER},
+            num_batches_tracked=int(header["num_batches_tracked"]),
+            population=pop,
+            xp=xp,
+            finite=False,
+        )
+    except (KeyError, ValueError, TypeError, struct.error) as exc:
+        if isinstance(exc, StateError):
+            raise
+        raise StateError(f"corrupt state record: {exc}") from None
