@@ -7,6 +7,7 @@ changes); nothing is mutated in place. Shapes: x is (N, C, *S) for ``channel_axi
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
@@ -93,24 +94,21 @@ def _affine(x3: Array, scale: Array, shift: Array, check: bool = False) -> tuple
 
     def run(starts: list[int]) -> bool:
         finite = True
-        for r in starts:
-            ob = out[r : r + rows]
-            xp.multiply(x2[r : r + rows], sc, out=ob)
-            xp.add(ob, sh, out=ob)
-            if check:
-                finite &= bool(xp.isfinite(ob.sum()))
+        with _quiet(xp):  # NumPy's error state is per thread: set it in the worker
+            for r in starts:
+                ob = out[r : r + rows]
+                xp.multiply(x2[r : r + rows], sc, out=ob)
+                xp.add(ob, sh, out=ob)
+                if check:
+                    finite &= bool(xp.isfinite(ob.sum()))
         return finite
 
     starts = list(range(0, a, rows))
     groups = [starts[t::THREADS] for t in range(min(THREADS, len(starts)))]
-    with _quiet(xp):
-        finite = all(parallel_map(run, groups))
-    return out.reshape(x3.shape), finite
+    return out.reshape(x3.shape), all(parallel_map(run, groups))
 
 
-def _scale_shift(
-    state: BNState, mean: Array, var: Array
-) -> tuple[Array, Array]:
+def _scale_shift(state: BNState, mean: Array, var: Array) -> tuple[Array, Array]:
     """scale = weight / sqrt(var + eps), shift = bias - mean * scale, in float64."""
     xp = namespace(mean)
     scale = 1.0 / xp.sqrt(var + state.config.eps)
@@ -123,7 +121,9 @@ def _scale_shift(
 def affine_params(state: BNState) -> tuple[Array, Array]:
     """Inference-mode ``(scale, shift)`` from the running statistics, float64 (C,)."""
     if state.running_mean is None or state.running_var is None:
-        raise StateError("the session does not track running statistics (track_running_stats false)")
+        raise StateError(
+            "the session does not track running statistics (track_running_stats false)"
+        )
     xp = namespace(state.running_mean)
     return _scale_shift(
         state, state.running_mean.astype(xp.float64), state.running_var.astype(xp.float64)
@@ -139,9 +139,16 @@ def _reject_nonfinite(x3: Array) -> None:
         raise NonFiniteError(channels)
 
 
+def _guard(state: BNState) -> AbstractContextManager[Any]:
+    """NaN/Inf flow through the arithmetic only under 'propagate': silence NumPy there."""
+    if state.config.nan_policy == "propagate":
+        return _quiet(namespace(state.population.mean))
+    return nullcontext()
+
+
 def _update_running(state: BNState, batch: Moments) -> BNState:
-    """PyTorch's running update: EMA with factor ``momentum`` (or 1/num_batches_tracked),
-    biased mean, unbiased variance M2 / (n - 1); computed in float64, stored in the buffers' dtype."""
+    """PyTorch's running update: EMA with factor ``momentum`` (or 1/num_batches_tracked) of
+    the mean and the unbiased variance M2 / (n - 1); float64 maths, stored in the buffers' dtype."""
     cfg = state.config
     if not cfg.track_running_stats or state.running_mean is None or state.running_var is None:
         return replace(state, population=state.population.merge(batch))
@@ -169,12 +176,13 @@ def fit(state: BNState, x: Array, *, output: bool = True) -> tuple[BNState, FitR
     under ``nan_policy='reject'``; the given state is never changed.
     """
     x3 = check_input(x, state)
-    batch = batch_moments(x3, state.config.nan_policy)
-    y = None
-    if output:
-        y = _affine(x3, *_scale_shift(state, batch.mean, batch.m2 / batch.count))[0]
-        y = y.reshape(x.shape)
-    return _update_running(state, batch), FitResult(y, batch)
+    with _guard(state):
+        batch = batch_moments(x3, state.config.nan_policy)
+        y = None
+        if output:
+            y = _affine(x3, *_scale_shift(state, batch.mean, batch.m2 / batch.count))[0]
+            y = y.reshape(x.shape)
+        return _update_running(state, batch), FitResult(y, batch)
 
 
 def transform(state: BNState, x: Array) -> Array:
@@ -182,8 +190,9 @@ def transform(state: BNState, x: Array) -> Array:
     does not track them, as PyTorch does). Never changes the state."""
     x3 = check_input(x, state)
     if not state.config.track_running_stats:
-        batch = batch_moments(x3, state.config.nan_policy)
-        y = _affine(x3, *_scale_shift(state, batch.mean, batch.m2 / batch.count))[0]
+        with _guard(state):
+            batch = batch_moments(x3, state.config.nan_policy)
+            y = _affine(x3, *_scale_shift(state, batch.mean, batch.m2 / batch.count))[0]
         return y.reshape(x.shape)
     reject = state.config.nan_policy == "reject"
     y, finite = _affine(x3, *affine_params(state), check=reject)
@@ -264,9 +273,13 @@ def fold(state: BNState, weight: Array, bias: Array | None = None) -> tuple[Arra
     c = state.config.num_features
     xp = namespace(weight)
     if weight.dtype.name not in _FLOATS:
-        raise DTypeError(f"weight dtype must be one of {', '.join(_FLOATS)}, got {weight.dtype.name}")
+        raise DTypeError(
+            f"weight dtype must be one of {', '.join(_FLOATS)}, got {weight.dtype.name}"
+        )
     if weight.ndim < 1 or weight.shape[0] != c:
-        raise ShapeError(f"weight must have {c} output channels on axis 0, got shape {tuple(weight.shape)}")
+        raise ShapeError(
+            f"weight must have {c} output channels on axis 0, got shape {tuple(weight.shape)}"
+        )
     if bias is not None and bias.shape != (c,):
         raise ShapeError(f"bias must have shape ({c},), got {tuple(bias.shape)}")
     scale, _ = affine_params(state)
@@ -277,4 +290,3 @@ def fold(state: BNState, weight: Array, bias: Array | None = None) -> tuple[Arra
     b_new = (b - state.running_mean.astype(xp.float64)) * scale + beta
     out_dt = weight.dtype
     return w_new.astype(out_dt), b_new.astype(bias.dtype if bias is not None else out_dt)
-

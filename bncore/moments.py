@@ -18,6 +18,8 @@ NanPolicy = Literal["reject", "propagate", "omit"]
 
 # Elements per block of the CPU kernel: a block and its deviations stay in L2/L3 cache.
 _BLOCK = 1 << 17
+# Rows summed in the input dtype before the running total moves to float64.
+_RUN = 256
 # Below this many elements one block on one thread beats the pool's hand-off cost.
 _SERIAL = 1 << 17
 
@@ -79,6 +81,25 @@ def channels_view(x: Array, channel_axis: int) -> Array:
     return x.reshape(a, shape[axis], b)
 
 
+def _column_sums(d: Array) -> tuple[Array, Array]:
+    """Float64 sum(d) and sum(d^2) over the rows of a (a, C) array, accumulating at most
+    ``_RUN`` rows in the input dtype before moving to float64 (bounds the rounding error)."""
+    xp = namespace(d)
+    a, c = d.shape
+    full = a - a % _RUN
+    s1 = xp.zeros(c)
+    s2 = xp.zeros(c)
+    if full:
+        runs = d[:full].reshape(-1, _RUN, c)
+        s1 += runs.sum(axis=1).sum(axis=0, dtype=xp.float64)
+        s2 += xp.einsum("gij,gij->gj", runs, runs).sum(axis=0, dtype=xp.float64)
+    if full < a:
+        rest = d[full:]
+        s1 += rest.sum(axis=0)
+        s2 += xp.einsum("ij,ij->j", rest, rest)
+    return s1, s2
+
+
 def _shifted_moments(xb: Array) -> tuple[Array, Array]:
     """Mean and M2 per channel of one (a, C, b) block.
 
@@ -95,15 +116,13 @@ def _shifted_moments(xb: Array) -> tuple[Array, Array]:
     if b == 1:
         x2 = xb.reshape(a, c)
         shift = x2.sum(axis=0) / a
-        d = x2 - shift
-        s1 = d.sum(axis=0)
-        s2 = xp.einsum("ij,ij->j", d, d)
+        s1, s2 = _column_sums(x2 - shift)
     else:
         shift = xb.sum(axis=(0, 2)) / n
         d = (xb - shift[:, None]).reshape(a * c, b)
         s1 = d.sum(axis=1).reshape(a, c).sum(axis=0)
         s2 = xp.square(d, out=d).sum(axis=1).reshape(a, c).sum(axis=0)
-    s1, s2 = s1.astype(xp.float64), s2.astype(xp.float64)
+        s1, s2 = s1.astype(xp.float64), s2.astype(xp.float64)
     # Rounding can leave M2 a hair below 0 for a constant channel; it is >= 0 exactly.
     return shift.astype(xp.float64) + s1 / n, xp.maximum(s2 - s1 * s1 / n, 0.0)
 
@@ -120,7 +139,7 @@ def _exact_moments(x3: Array) -> tuple[Array, Array]:
 
 def _blocks(shape: tuple[int, int, int]) -> tuple[int, int]:
     """Rows and channels per block so that one block holds about ``_BLOCK`` elements."""
-    a, c, b = shape
+    _, c, b = shape
     if c * b <= _BLOCK:
         return max(1, _BLOCK // (c * b)), c
     pieces = -(-c * b // _BLOCK)
@@ -138,10 +157,11 @@ def _blocked_moments(x3: Array) -> tuple[Array, Array]:
     tasks = [(i, r, c0) for i, r in enumerate(row_starts) for c0 in range(0, c, chans)]
 
     def run(group: list[tuple[int, int, int]]) -> None:
-        for i, r, c0 in group:
-            mean, m2 = _shifted_moments(x3[r : r + rows, c0 : c0 + chans])
-            means[i, c0 : c0 + chans] = mean
-            m2s[i, c0 : c0 + chans] = m2
+        with _quiet(xp):  # NumPy's error state is per thread: set it in the worker
+            for i, r, c0 in group:
+                mean, m2 = _shifted_moments(x3[r : r + rows, c0 : c0 + chans])
+                means[i, c0 : c0 + chans] = mean
+                m2s[i, c0 : c0 + chans] = m2
 
     n_groups = min(len(tasks), THREADS)
     parallel_map(run, [tasks[g::n_groups] for g in range(n_groups)])

@@ -58,7 +58,12 @@ CONVENTIONS: dict[str, Convention] = {
         True,
         "biased",
         1e-3,
-        {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"},
+        {
+            "weight": "gamma",
+            "bias": "beta",
+            "running_mean": "moving_mean",
+            "running_var": "moving_variance",
+        },
     ),
     "onnx": Convention(
         "onnx",

@@ -85,7 +85,7 @@ class BNConfig:
 class BNState:
     """A BatchNorm layer's state. Buffers are (C,) arrays in ``config.dtype``; ``weight`` and
     ``bias`` are None without ``affine``, the running buffers None without
-    ``track_running_stats``. ``population`` holds the exact float64 moments of every fitted value."""
+    ``track_running_stats``. ``population`` holds the exact float64 moments of all fitted data."""
 
     config: BNConfig
     weight: Array | None
@@ -107,18 +107,20 @@ class BNState:
     def to_host(self) -> BNState:
         """The same state with every array on the host (NumPy)."""
         pop = self.population
+        buffers: dict[str, Any] = {k: to_host(v) for k, v in self.buffers().items()}
         return replace(
             self,
-            **{k: to_host(v) for k, v in self.buffers().items()},
+            **buffers,
             population=Moments(to_host(pop.count), to_host(pop.mean), to_host(pop.m2)),
         )
 
     def to_device(self, xp: ModuleType) -> BNState:
         """The same state with every array in namespace ``xp``."""
         pop = self.population
+        buffers: dict[str, Any] = {k: xp.asarray(v) for k, v in self.buffers().items()}
         return replace(
             self,
-            **{k: xp.asarray(v) for k, v in self.buffers().items()},
+            **buffers,
             population=Moments(xp.asarray(pop.count), xp.asarray(pop.mean), xp.asarray(pop.m2)),
         )
 
