@@ -178,8 +178,9 @@ def _dense_moments(x3: Array) -> tuple[Array, Array]:
     xp = namespace(x3)
     if not is_host(xp):
         return _exact_moments(x3)
-    small = x3.size <= _SERIAL
-    mean, m2 = _shifted_moments(x3) if small else _blocked_moments(x3)
+    if x3.size <= _SERIAL:  # small: plain float64 two-pass is both exact and fewest calls
+        return _exact_moments(x3)
+    mean, m2 = _blocked_moments(x3)
     if x3.dtype != xp.float64 and not math.isfinite(float(m2.sum())):
         return _exact_moments(x3)
     return mean, m2

@@ -1,0 +1,82 @@
+"""The app factory: settings in, a FastAPI app out. Nothing reads the environment at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+import bncore
+from service import __version__, errors
+from service.limits import BodyLimit
+from service.metrics import Metrics, MetricsMiddleware
+from service.routes import compute, probes, sessions, stats
+from service.settings import Settings
+from service.stores import open_store
+
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "description": "RFC 9457 problem details; `error` repeats `detail` for V2 clients",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "error": {"type": "string"},
+    },
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. The backend and the store open in the lifespan, once per process."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backend = bncore.select(settings.device)
+        store = open_store(settings.store, settings.idempotency_ttl_s, backend.xp)
+        app.state.backend = backend
+        app.state.store = store
+        try:
+            yield
+        finally:
+            store.close()
+
+    app = FastAPI(
+        title="bnaas: Batch Normalization as a Service",
+        version=__version__,
+        lifespan=lifespan,
+        description="Durable BatchNorm sessions: fit running statistics, transform, export.",
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    for module in (probes, sessions, compute, stats):
+        app.include_router(module.router)
+    _add_problem_schema(app)
+    return app
+
+
+def _add_problem_schema(app: FastAPI) -> None:
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
+                _PROBLEM_SCHEMA
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory``: settings from ``BNAAS_*`` variables."""
+    return create_app(Settings())

@@ -1,0 +1,94 @@
+"""Typed dependencies: the only readers of ``app.state`` and of request headers that
+routes share (body, If-Match, Idempotency-Key)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from bncore import Backend
+from service.codecs import decompress
+from service.errors import MalformedBody
+from service.settings import Settings
+from service.stores import Store
+from service.stores.base import Idempotency
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def get_backend(request: Request) -> Backend:
+    backend: Backend = request.app.state.backend
+    return backend
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]
+BackendDep = Annotated[Backend, Depends(get_backend)]
+
+
+@dataclass(frozen=True)
+class Body:
+    """A request body, decompressed, with the headers that say how to read and answer it."""
+
+    data: bytes
+    content_type: str | None
+    accept: str | None
+
+
+async def get_body(request: Request, settings: SettingsDep) -> Body:
+    raw = await request.body()
+    data = decompress(raw, request.headers.get("content-encoding"), settings.max_body_bytes)
+    return Body(data, request.headers.get("content-type"), request.headers.get("accept"))
+
+
+BodyDep = Annotated[Body, Depends(get_body)]
+
+
+def get_if_match(if_match: Annotated[str | None, Header()] = None) -> int | None:
+    """``If-Match: "7"`` -> 7; ``*`` or absent -> None (any version)."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    tag = if_match.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit():
+        raise MalformedBody(f'If-Match must be one ETag such as "3", got {if_match!r}')
+    return int(tag)
+
+
+IfMatchDep = Annotated[int | None, Depends(get_if_match)]
+
+
+async def get_idempotency(
+    request: Request, idempotency_key: Annotated[str | None, Header()] = None
+) -> Idempotency | None:
+    """The ``Idempotency-Key`` with a fingerprint of everything that makes the request."""
+    if idempotency_key is None:
+        return None
+    key = idempotency_key.strip().strip('"')
+    if not key or len(key) > 255:
+        raise MalformedBody("Idempotency-Key must be 1 to 255 characters")
+    digest = hashlib.sha256()
+    for part in (
+        request.method,
+        request.url.path,
+        request.url.query,
+        request.headers.get("content-type", ""),
+        request.headers.get("content-encoding", ""),
+        request.headers.get("accept", ""),
+    ):
+        digest.update(part.encode() + b"\0")
+    digest.update(await request.body())
+    return Idempotency(key, digest.hexdigest())
+
+
+IdempotencyDep = Annotated[Idempotency | None, Depends(get_idempotency)]

@@ -1,0 +1,37 @@
+"""Liveness, readiness and metrics at the root (no auth, cheap)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from service.deps import BackendDep, StoreDep
+from service.errors import StoreUnavailable
+from service.views import json_replay, to_response
+
+router = APIRouter(tags=["probes"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+def healthz() -> Response:
+    return to_response(json_replay({"status": "ok"}))
+
+
+@router.get("/readyz", summary="Readiness: the store answers; which array backend runs")
+def readyz(store: StoreDep, backend: BackendDep) -> Response:
+    try:
+        store.ping()
+    except StoreUnavailable as exc:
+        doc = {"status": "unavailable", "detail": exc.detail, "error": exc.detail}
+        return to_response(json_replay(doc, 503, {"Retry-After": "1"}))
+    return to_response(
+        json_replay({"status": "ready", "backend": backend.name, "backend_reason": backend.reason})
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

@@ -1,0 +1,105 @@
+"""Session lifecycle: create, list, read, delete, reset."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, status
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from starlette.responses import Response
+
+import bncore
+from service.deps import BackendDep, IdempotencyDep, IfMatchDep, StoreDep
+from service.routes.openapi import PROBLEMS
+from service.stores.base import Replay, Session
+from service.views import etag, json_replay, session_view, to_response
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+
+class CreateSession(BaseModel):
+    """A new BatchNorm layer. Defaults and meanings are PyTorch's (``momentum`` is the weight
+    of the new batch; null is the cumulative average)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_features: StrictInt = Field(ge=1, le=1 << 20, description="C, the channel count")
+    eps: float = Field(1e-5, gt=0, allow_inf_nan=False)
+    momentum: float | None = Field(0.1, gt=0, le=1, allow_inf_nan=False)
+    affine: bool = True
+    track_running_stats: bool = True
+    channel_axis: Literal[1, -1] = Field(1, description="1: (N, C, ...); -1: channels-last")
+    dtype: Literal["float32", "float64"] = "float32"
+    nan_policy: Literal["reject", "propagate", "omit"] = "reject"
+    weight: list[float] | None = Field(None, description="initial weight (gamma), C values")
+    bias: list[float] | None = Field(None, description="initial bias (beta), C values")
+    name: str | None = Field(None, max_length=200)
+
+
+def _view_replay(session: Session, code: int = 200) -> Replay:
+    headers = {"ETag": etag(session.version)}
+    if code == status.HTTP_201_CREATED:
+        headers["Location"] = f"/v1/sessions/{session.id}"
+    return json_replay(session_view(session), code, headers)
+
+
+@router.post("", status_code=201, summary="Create a session", responses=PROBLEMS)
+def create_session(
+    spec: CreateSession, store: StoreDep, backend: BackendDep, idem: IdempotencyDep
+) -> Response:
+    config = bncore.BNConfig(
+        **spec.model_dump(exclude={"weight", "bias", "name"}),
+    )
+    state = bncore.initial_state(config, weight=spec.weight, bias=spec.bias, xp=backend.xp)
+    now = time.time()
+    session = Session(secrets.token_urlsafe(16), state, 1, now, now, spec.name)
+    out = store.create(session, idem=idem, render=lambda s, _: _view_replay(s, 201))
+    if isinstance(out, Replay):
+        return to_response(out, replayed=True)
+    return to_response(_view_replay(out, 201))
+
+
+@router.get("", summary="List sessions, ordered by id")
+def list_sessions(
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[str | None, Query(description="the last id of the previous page")] = None,
+) -> Response:
+    sessions = store.list(limit, after)
+    doc: dict[str, Any] = {"sessions": [session_view(s) for s in sessions]}
+    if len(sessions) == limit:
+        doc["next_after"] = sessions[-1].id
+    return to_response(json_replay(doc))
+
+
+@router.get("/{session_id}", summary="Read a session", responses=PROBLEMS)
+def get_session(session_id: str, store: StoreDep) -> Response:
+    return to_response(_view_replay(store.get(session_id)))
+
+
+@router.delete("/{session_id}", status_code=204, summary="Delete a session", responses=PROBLEMS)
+def delete_session(session_id: str, store: StoreDep, if_match: IfMatchDep) -> Response:
+    store.delete(session_id, if_match)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{session_id}/reset", summary="Reset running statistics and population", responses=PROBLEMS
+)
+def reset_session(
+    session_id: str,
+    store: StoreDep,
+    if_match: IfMatchDep,
+    parameters: Annotated[bool, Query(description="also reset weight to 1 and bias to 0")] = False,
+) -> Response:
+    def change(session: Session) -> tuple[bncore.BNState, None]:
+        old = session.state
+        keep: dict[str, Any] = {} if parameters else {"weight": old.weight, "bias": old.bias}
+        xp = bncore.namespace(old.population.mean)
+        return bncore.initial_state(old.config, **keep, xp=xp, finite=False), None
+
+    out = store.update(session_id, change, if_match=if_match)
+    assert not isinstance(out, Replay)  # no idempotency key: never a replay
+    return to_response(_view_replay(out[0]))
