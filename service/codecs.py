@@ -238,6 +238,7 @@ def _safetensors_metadata(body: bytes) -> dict[str, str]:
 
 def encode_safetensors(tensors: dict[str, Array], metadata: dict[str, str] | None = None) -> bytes:
     """A safetensors file of ``tensors`` (C order, little-endian) with string metadata."""
+    # np.require, not np.ascontiguousarray: that one turns 0-d num_batches_tracked into 1-d.
     return safetensors.numpy.save(
-        {k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata
+        {k: np.require(v, requirements="C") for k, v in tensors.items()}, metadata=metadata
     )

@@ -1,0 +1,101 @@
+"""Wire formats and negotiation, unit level."""
+
+from __future__ import annotations
+
+import gzip
+import io
+
+import numpy as np
+import pytest
+
+import bncore
+from service import codecs
+from service.errors import BodyTooLarge, MalformedBody, NotAcceptable, UnsupportedMediaType
+from tests.service.conftest import npy
+
+
+@pytest.mark.parametrize("dtype", ["<f2", "<f4", "<f8", ">f4"])
+def test_npy_decodes_as_numpy_saved_it(dtype: str) -> None:
+    a = np.arange(24, dtype=dtype).reshape(2, 3, 4)
+    b = codecs.decode_npy(npy(a))
+    np.testing.assert_array_equal(b, a)
+    assert b.dtype.isnative
+
+
+def test_npy_fortran_order_is_accepted() -> None:
+    a = np.asfortranarray(np.arange(12, dtype="f4").reshape(3, 4))
+    np.testing.assert_array_equal(codecs.decode_npy(npy(a)), a)
+
+
+def test_npy_decode_is_zero_copy() -> None:
+    body = npy(np.ones((4, 3), "f4"))
+    assert codecs.decode_npy(body).base is not None
+
+
+def test_encode_npy_round_trips_through_numpy() -> None:
+    a = np.random.default_rng(0).normal(0, 1, (5, 3)).astype("f4")
+    np.testing.assert_array_equal(np.load(io.BytesIO(codecs.encode_npy(a))), a)
+
+
+def test_npy_with_pickled_objects_is_refused() -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(MalformedBody, match="pickle"):
+        codecs.decode_npy(buf.getvalue())
+
+
+def test_npy_int_is_a_dtype_error() -> None:
+    with pytest.raises(bncore.DTypeError):
+        codecs.decode_npy(npy(np.zeros(3, "i4")))
+
+
+def test_npy_huge_header_is_refused() -> None:
+    body = b"\x93NUMPY\x02\x00" + (200_000).to_bytes(4, "little") + b" " * 200_000
+    with pytest.raises(MalformedBody):
+        codecs.decode_npy(body)
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, "application/json"),
+        ("*/*", "application/json"),
+        ("application/x-npy", "application/x-npy"),
+        ("application/x-npy;q=0.1, application/json", "application/json"),
+        ("text/html, */*;q=0.1", "application/json"),
+    ],
+)
+def test_negotiate(accept: str | None, expected: str) -> None:
+    assert codecs.negotiate(accept, "application/json", codecs.TENSOR_TYPES) == expected
+
+
+def test_negotiate_refuses_what_it_cannot_offer() -> None:
+    with pytest.raises(NotAcceptable):
+        codecs.negotiate("text/csv", "application/json", codecs.TENSOR_TYPES)
+    with pytest.raises(NotAcceptable):
+        codecs.negotiate("application/json;q=0", "application/json", codecs.TENSOR_TYPES)
+
+
+def test_content_type_ignores_parameters_and_case() -> None:
+    assert (
+        codecs.content_type("Application/JSON; charset=utf-8", codecs.TENSOR_TYPES)
+        == "application/json"
+    )
+    with pytest.raises(UnsupportedMediaType, match="no Content-Type"):
+        codecs.content_type(None, codecs.TENSOR_TYPES)
+
+
+def test_decompress_refuses_unknown_encodings_and_garbage() -> None:
+    with pytest.raises(UnsupportedMediaType):
+        codecs.decompress(b"x", "br", 10)
+    with pytest.raises(MalformedBody):
+        codecs.decompress(b"not gzip", "gzip", 100)
+    with pytest.raises(BodyTooLarge):
+        codecs.decompress(gzip.compress(b"\0" * 1000), "gzip", 100)
+    with pytest.raises(MalformedBody, match="truncated"):
+        codecs.decompress(gzip.compress(b"\0" * 1000)[:-12], "gzip", 10_000)
+
+
+def test_json_null_is_nan() -> None:
+    a = codecs.json_array([[1, None]], "data")
+    assert np.isnan(a[0, 1])
