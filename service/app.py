@@ -12,7 +12,7 @@ import bncore
 from service import __version__, errors
 from service.limits import BodyLimit
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import compute, probes, sessions, stats
+from service.routes import compute, probes, sessions, stats, v2
 from service.settings import Settings
 from service.stores import open_store
 
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for module in (probes, sessions, compute, stats):
+    for module in (probes, sessions, compute, stats, v2):
         app.include_router(module.router)
     _add_problem_schema(app)
     return app

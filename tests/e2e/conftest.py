@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -24,9 +25,15 @@ class Server:
     """One ``bnaas serve`` process; ``url`` is its base address."""
 
     def __init__(
-        self, store: str, workers: int = 1, port: int | None = None, log: Path | None = None
+        self,
+        store: str,
+        workers: int = 1,
+        port: int | None = None,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
     ):
         self.store, self.workers = store, workers
+        self.env = {**os.environ, **(env or {})}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -52,10 +59,14 @@ class Server:
             "warning",
         ]
         if self.log is None:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=self.env
+            )
         else:
             with open(self.log, "ab") as out:  # the child keeps its own descriptor
-                self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+                self.proc = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env
+                )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,0 +1,136 @@
+"""Open Inference Protocol (KServe V2): every session is a model named by its id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+import bncore
+from service import __version__
+from service.deps import BackendDep, BodyDep, IdempotencyDep, StoreDep
+from service.errors import ServiceError, StoreUnavailable
+from service.stores.base import Replay, Session
+from service.v2codec import INPUT, OUTPUT, InferRequest, datatype, decode_infer, encode_infer
+from service.views import json_replay, to_response
+
+router = APIRouter(prefix="/v2", tags=["v2"])
+
+
+class UnknownVersion(ServiceError):
+    status, slug, title = 404, "model-version-not-found", "Model version not found"
+
+
+def _check_version(session_id: str, version: str | None) -> None:
+    if version is not None and version != "1":
+        raise UnknownVersion(f"model {session_id!r} has no version {version!r} (only '1')")
+
+
+@router.get("", summary="Server metadata")
+def server_metadata() -> Response:
+    doc = {"name": "bnaas", "version": __version__, "extensions": ["binary_tensor_data"]}
+    return to_response(json_replay(doc))
+
+
+@router.get("/health/live", summary="Server liveness")
+def live() -> Response:
+    return Response(status_code=200)
+
+
+@router.get("/health/ready", summary="Server readiness (the store answers)")
+def ready(store: StoreDep) -> Response:
+    try:
+        store.ping()
+    except StoreUnavailable as exc:
+        return to_response(json_replay({"error": exc.detail}, 503))
+    return Response(status_code=200)
+
+
+def _metadata(session: Session) -> dict[str, Any]:
+    cfg = session.state.config
+    # Any rank from 2 to 5 is accepted; [-1, C] is the common (N, C) / channels-last form.
+    tensor = {"datatype": datatype(np.dtype(cfg.dtype)), "shape": [-1, cfg.num_features]}
+    return {
+        "name": session.id,
+        "versions": ["1"],
+        "platform": "bnaas_batchnorm",
+        "inputs": [{"name": INPUT, **tensor}],
+        "outputs": [{"name": OUTPUT, **tensor}],
+    }
+
+
+@router.get("/models/{session_id}", summary="Model (session) metadata")
+@router.get("/models/{session_id}/versions/{version}", summary="Model metadata, versioned")
+def model_metadata(session_id: str, store: StoreDep, version: str | None = None) -> Response:
+    _check_version(session_id, version)
+    return to_response(json_replay(_metadata(store.get(session_id))))
+
+
+@router.get("/models/{session_id}/ready", summary="Model (session) readiness")
+@router.get("/models/{session_id}/versions/{version}/ready", summary="Model readiness, versioned")
+def model_ready(session_id: str, store: StoreDep, version: str | None = None) -> Response:
+    _check_version(session_id, version)
+    store.get(session_id)
+    return Response(status_code=200)
+
+
+_INFER_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A V2 inference request: JSON, or JSON followed by raw tensor bytes whose "
+        "JSON length is given in Inference-Header-Content-Length. parameters.mode is "
+        "'transform' (default) or 'fit'.",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/models/{session_id}/infer",
+    summary="Infer: transform (default) or fit",
+    openapi_extra=_INFER_DOC,
+)
+@router.post(
+    "/models/{session_id}/versions/{version}/infer",
+    summary="Infer, versioned",
+    openapi_extra=_INFER_DOC,
+)
+def infer(
+    session_id: str,
+    request: Request,
+    body: BodyDep,
+    store: StoreDep,
+    backend: BackendDep,
+    idem: IdempotencyDep,
+    version: str | None = None,
+) -> Response:
+    _check_version(session_id, version)
+    req = decode_infer(body.data, request.headers.get("inference-header-content-length"))
+    if req.mode == "transform":
+        session = store.get(session_id)
+        y = bncore.transform(session.state, backend.asarray(req.x))
+        return _answer(session_id, req, y, {"mode": "transform"})
+
+    def change(session: Session) -> tuple[bncore.BNState, bncore.FitResult]:
+        return bncore.fit(session.state, backend.asarray(req.x))
+
+    def render(session: Session, result: bncore.FitResult) -> Replay:
+        assert result.output is not None
+        params = {"mode": "fit", "num_batches_tracked": session.state.num_batches_tracked}
+        data, headers, media = encode_infer(session_id, req, bncore.to_host(result.output), params)
+        return Replay(200, media, data, headers)
+
+    out = store.update(session_id, change, idem=idem, render=render)
+    if isinstance(out, Replay):
+        return to_response(out, replayed=True)
+    return to_response(render(*out))
+
+
+def _answer(model: str, req: InferRequest, y: Any, params: dict[str, Any]) -> Response:
+    data, headers, media = encode_infer(model, req, bncore.to_host(y), params)
+    return Response(data, 200, headers=headers, media_type=media)

@@ -1,0 +1,187 @@
+"""Open Inference Protocol (KServe V2) bodies, with Triton's binary tensor data extension.
+
+A request is a JSON header, optionally followed by raw little-endian tensor bytes whose JSON
+length is in ``Inference-Header-Content-Length``. Binary inputs become ``numpy.frombuffer``
+views of the body (no copy, no Python lists); binary outputs are written as raw bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from service.codecs import json_array
+from service.errors import MalformedBody
+
+INPUT, OUTPUT = "INPUT", "OUTPUT"
+OCTET = "application/octet-stream"
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_NAMES = {v.name: k for k, v in DATATYPES.items()}
+_SEQUENCE = ("sequence_id", "sequence_start", "sequence_end")
+MODES = ("transform", "fit")
+
+
+class V2Error(MalformedBody):
+    """Bad V2 request: 400 with an ``error`` member, as the protocol asks."""
+
+    slug, title = "invalid-inference-request", "Invalid inference request"
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded infer request: the one input tensor and how to answer."""
+
+    id: str | None
+    mode: str
+    x: npt.NDArray[Any]
+    binary_output: bool
+
+
+def datatype(dtype: np.dtype[Any]) -> str:
+    """The V2 datatype name of a NumPy float dtype."""
+    return _NAMES[dtype.name]
+
+
+def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise V2Error(f"{where} parameters must be an object")
+    return params
+
+
+def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], int]:
+    if header_length is None:
+        json_end = len(body)
+    else:
+        try:
+            json_end = int(header_length)
+        except ValueError:
+            raise V2Error(
+                f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
+            ) from None
+        if not 0 < json_end <= len(body):
+            raise V2Error(
+                f"Inference-Header-Content-Length {json_end} is outside the {len(body)}-byte body"
+            )
+    try:
+        doc = orjson.loads(body[:json_end])
+    except orjson.JSONDecodeError as exc:
+        hint = "" if header_length else " (binary data needs Inference-Header-Content-Length)"
+        raise V2Error(f"invalid inference request JSON: {exc}{hint}") from None
+    if not isinstance(doc, dict):
+        raise V2Error("inference request must be a JSON object")
+    return doc, json_end
+
+
+def _shape(value: Any) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise V2Error(f"input shape must be a list of non-negative integers, got {value!r}")
+    return value
+
+
+def decode_infer(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse and check an infer request; raise ``V2Error`` with a precise message."""
+    doc, json_end = _header(body, header_length)
+    params = _parameters(doc, "request")
+    for key in _SEQUENCE:
+        if key in params:
+            raise V2Error(f"sequence parameter {key!r} is not supported: sessions are named models")
+    mode = params.get("mode", "transform")
+    if mode not in MODES:
+        raise V2Error(f"parameters.mode must be 'transform' or 'fit', got {mode!r}")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise V2Error(f"expected exactly one input named {INPUT!r}")
+    spec = inputs[0]
+    if spec.get("name") != INPUT:
+        raise V2Error(f"unknown input {spec.get('name')!r}; the model has one input {INPUT!r}")
+    dt = DATATYPES.get(spec.get("datatype"))  # type: ignore[arg-type]
+    if dt is None:
+        raise V2Error(
+            f"input datatype must be one of {', '.join(DATATYPES)}, got {spec.get('datatype')!r}"
+        )
+    shape = _shape(spec.get("shape"))
+    count = math.prod(shape)
+    size = _parameters(spec, "input").get("binary_data_size")
+    offset = json_end
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size != count * dt.itemsize:
+            raise V2Error(
+                f"binary_data_size {size!r} does not match shape {shape} of {spec['datatype']} "
+                f"({count * dt.itemsize} bytes)"
+            )
+        if offset + size > len(body):
+            raise V2Error(f"binary data ends at byte {offset + size}, past the body of {len(body)}")
+        x = np.frombuffer(body, dtype=dt, count=count, offset=offset).reshape(shape)
+        offset += size
+    else:
+        if "data" not in spec:
+            raise V2Error(f"input {INPUT!r} has neither 'data' nor parameters.binary_data_size")
+        flat = json_array(spec["data"], "input data", dtype=dt.name).reshape(-1)
+        if flat.size != count:
+            raise V2Error(f"input data has {flat.size} values; shape {shape} needs {count}")
+        x = flat.reshape(shape)
+    if offset != len(body):
+        raise V2Error(
+            f"{len(body) - offset} byte(s) after the declared tensors: sizes do not add up"
+        )
+    return InferRequest(
+        doc.get("id") if isinstance(doc.get("id"), str) else None,
+        mode,
+        x,
+        _binary_output(doc, params),
+    )
+
+
+def _binary_output(doc: dict[str, Any], params: dict[str, Any]) -> bool:
+    default = params.get("binary_data_output", False)
+    if not isinstance(default, bool):
+        raise V2Error("parameters.binary_data_output must be a boolean")
+    outputs = doc.get("outputs")
+    if outputs is None:
+        return default
+    if not isinstance(outputs, list):
+        raise V2Error("outputs must be a list")
+    binary = default
+    for out in outputs:
+        if not isinstance(out, dict) or out.get("name") != OUTPUT:
+            name = out.get("name") if isinstance(out, dict) else out
+            raise V2Error(f"unknown output {name!r}; the model has one output {OUTPUT!r}")
+        flag = _parameters(out, "output").get("binary_data", default)
+        if not isinstance(flag, bool):
+            raise V2Error("outputs[].parameters.binary_data must be a boolean")
+        binary = flag
+    return binary
+
+
+def encode_infer(
+    model: str, req: InferRequest, y: npt.NDArray[Any], parameters: dict[str, Any]
+) -> tuple[bytes, dict[str, str], str]:
+    """The response body, its extra headers and media type."""
+    out: dict[str, Any] = {"name": OUTPUT, "datatype": datatype(y.dtype), "shape": list(y.shape)}
+    doc: dict[str, Any] = {
+        "model_name": model,
+        "model_version": "1",
+        "outputs": [out],
+        "parameters": parameters,
+    }
+    if req.id is not None:
+        doc["id"] = req.id
+    if not req.binary_output:
+        out["data"] = y.reshape(-1)
+        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), {}, "application/json"
+    raw = np.ascontiguousarray(y, dtype=y.dtype.newbyteorder("<"))
+    out["parameters"] = {"binary_data_size": raw.nbytes}
+    head = orjson.dumps(doc)
+    return head + raw.tobytes(), {"Inference-Header-Content-Length": str(len(head))}, OCTET
