@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from types import ModuleType
 from typing import Any, Literal
 
@@ -94,6 +94,8 @@ class BNState:
     running_var: Array | None
     num_batches_tracked: int
     population: Moments
+    # Memo of values derived from this (immutable) state, e.g. the inference scale and shift.
+    derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def buffers(self) -> dict[str, Array]:
         """The PyTorch ``state_dict`` tensors that exist for this configuration, by name."""

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 import bncore
 from service import __version__, errors
 from service.limits import BodyLimit
+from service.malloc import keep_freed_memory
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import compute, probes, sessions, stats, v2
 from service.settings import Settings
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keep_freed_memory()
         backend = bncore.select(settings.device)
         store = open_store(settings.store, settings.idempotency_ttl_s, backend.xp)
         app.state.backend = backend

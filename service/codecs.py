@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -170,25 +171,50 @@ def dumps(doc: Any) -> bytes:
 # --- .npy -----------------------------------------------------------------------------------
 
 
-def decode_npy(body: bytes) -> Array:
-    """One ``.npy`` file (v1/v2, float, no pickle) as a zero-copy view of the body."""
-    if not body.startswith(_NPY_MAGIC):
+# The header numpy itself writes; anything else goes through numpy's (slower) safe parser.
+_NPY_HEADER = re.compile(
+    rb"\{'descr': '([<>|=]?[a-z]\d+)', 'fortran_order': (True|False), "
+    rb"'shape': \(([0-9, ]*)\), \} *\n"
+)
+
+
+def _npy_header(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """Shape, Fortran order, dtype and data offset of a .npy file (versions 1.0 and 2.0)."""
+    if not body.startswith(_NPY_MAGIC) or len(body) < 10:
         raise MalformedBody("body is not a .npy file (bad magic)")
+    major = body[6]
+    if major == 1:
+        start, hlen = 10, int.from_bytes(body[8:10], "little")
+    elif major == 2 and len(body) >= 12:
+        start, hlen = 12, int.from_bytes(body[8:12], "little")
+    else:
+        raise MalformedBody(f".npy version {major}.{body[7]} is not supported (1.0, 2.0)")
+    if hlen > 10000 or start + hlen > len(body):
+        raise MalformedBody(f".npy header length {hlen} is out of range")
+    m = _NPY_HEADER.fullmatch(body, start, start + hlen)
+    if m is not None:
+        shape = tuple(int(d) for d in m[3].split(b",") if d.strip())
+        return shape, m[2] == b"True", np.dtype(m[1].decode()), start + hlen
     fp = io.BytesIO(body)
     try:
         version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp, max_header_size=10000)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=10000)
-        else:
-            raise MalformedBody(f".npy version {version} is not supported (1.0, 2.0)")
-    except ValueError as exc:
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read(fp, max_header_size=10000)
+    except (ValueError, TypeError, SyntaxError) as exc:
         raise MalformedBody(f"invalid .npy header: {exc}") from None
+    return shape, fortran, dtype, fp.tell()
+
+
+def decode_npy(body: bytes) -> Array:
+    """One ``.npy`` file (v1/v2, float, no pickle) as a zero-copy view of the body."""
+    shape, fortran, dtype, offset = _npy_header(body)
     if dtype.hasobject:
         raise MalformedBody(".npy with Python objects (pickle) is not accepted")
     _float_dtype(dtype, ".npy")
-    offset = fp.tell()
     count = math.prod(shape)
     if len(body) - offset != count * dtype.itemsize:
         raise MalformedBody(
@@ -202,11 +228,14 @@ def decode_npy(body: bytes) -> Array:
 
 
 def encode_npy(arr: Array) -> bytes:
-    """A C-order, little-endian ``.npy`` (v1.0) file of ``arr``."""
-    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-    head = io.BytesIO()
-    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(arr))
-    return head.getvalue() + arr.tobytes()
+    """A C-order, little-endian ``.npy`` (v1.0) file of ``arr``, header padded to 64 bytes."""
+    arr = np.require(arr, dtype=arr.dtype.newbyteorder("<"), requirements="C")
+    shape = ", ".join(str(d) for d in arr.shape) + ("," if arr.ndim == 1 else "")
+    text = f"{{'descr': '{arr.dtype.str}', 'fortran_order': False, 'shape': ({shape}), }}"
+    pad = -(10 + len(text) + 1) % 64
+    header = (text + " " * pad + "\n").encode("latin1")
+    data = arr.reshape(-1).data  # a flat view of the same bytes, whatever the rank
+    return b"".join((_NPY_MAGIC, b"\x01\x00", len(header).to_bytes(2, "little"), header, data))
 
 
 def decode_tensor(body: bytes, media: str, default_dtype: str) -> Array:

@@ -102,8 +102,9 @@ def fit(
     retry returns the first answer)."""
     media = content_type(body.content_type, TENSOR_TYPES)
     answer = negotiate(body.accept, media, TENSOR_TYPES) if output else JSON
-    # The dtype never changes after creation, so this read tells how to decode JSON numbers.
-    x = decode_tensor(body.data, media, store.get(session_id).state.config.dtype)
+    # JSON numbers take the session's dtype (fixed at creation); .npy carries its own.
+    dtype = store.get(session_id).state.config.dtype if media == JSON else "float32"
+    x = decode_tensor(body.data, media, dtype)
 
     def change(session: Session) -> tuple[bncore.BNState, bncore.FitResult]:
         return bncore.fit(session.state, backend.asarray(x), output=output)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -63,6 +64,9 @@ class SQLiteStore:
         self._ttl = idempotency_ttl_s
         self._xp = xp
         self._local = threading.local()
+        self._cache: OrderedDict[str, Session] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._cache_size = 1024
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,8 +102,23 @@ class SQLiteStore:
 
     def _session(self, row: tuple[str, str | None, int, bytes, float, float]) -> Session:
         sid, name, version, blob, created, updated = row
-        state = bncore.state_from_bytes(blob, self._xp)
-        return Session(sid, state, version, created, updated, name)
+        cached = self._cache.get(sid)
+        if cached is not None and cached.version == version:
+            return cached
+        session = Session(
+            sid, bncore.state_from_bytes(blob, self._xp), version, created, updated, name
+        )
+        self._remember_session(session)
+        return session
+
+    def _remember_session(self, session: Session) -> None:
+        # Decoding a state costs more than reading its row: keep the latest decoded version of
+        # recently used sessions. The row's version decides whether the entry is current.
+        with self._cache_lock:
+            self._cache[session.id] = session
+            self._cache.move_to_end(session.id)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
 
     def _replay(
         self, db: sqlite3.Connection, scope: str, idem: Idempotency | None
@@ -193,6 +212,8 @@ class SQLiteStore:
                 raise PreconditionFailed(f"session is at version {row[0]}, not {if_match}")
             db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
             db.execute("DELETE FROM idempotency WHERE scope = ?", (session_id,))
+        with self._cache_lock:
+            self._cache.pop(session_id, None)
 
     def update(
         self,

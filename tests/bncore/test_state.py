@@ -109,3 +109,12 @@ def test_nan_in_a_stored_state_survives_the_round_trip() -> None:
     state, _ = bn.fit(state, np.array([[np.nan, 1.0], [2.0, 3.0]], np.float32))
     back = bn.state_from_bytes(bn.state_to_bytes(state))
     assert np.isnan(back.running_mean[0])
+
+
+def test_derived_memo_is_not_carried_into_new_states() -> None:
+    state = bn.initial_state(bn.BNConfig(2))
+    x = np.array([[1.0, 2.0], [3.0, 5.0]], np.float32)
+    before = bn.transform(state, x)
+    fitted, _ = bn.fit(state, x)
+    assert fitted.derived == {}
+    assert not np.array_equal(bn.transform(fitted, x), before)

@@ -37,6 +37,19 @@ def test_encode_npy_round_trips_through_numpy() -> None:
     np.testing.assert_array_equal(np.load(io.BytesIO(codecs.encode_npy(a))), a)
 
 
+@pytest.mark.parametrize("shape", [(32, 64), (5,), (2, 3, 4, 5, 6), (0, 3), ()])
+def test_encode_npy_is_byte_identical_to_numpy_save(shape: tuple[int, ...]) -> None:
+    a = np.random.default_rng(0).normal(0, 1, shape).astype("f4")
+    assert codecs.encode_npy(a) == npy(a)
+
+
+def test_npy_header_numpy_did_not_write_uses_the_safe_parser() -> None:
+    text = b"{'shape': (2, 3), 'fortran_order': False, 'descr': '<f8'}"
+    header = text + b" " * (-(10 + len(text) + 1) % 64) + b"\n"
+    body = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(48)
+    assert codecs.decode_npy(body).shape == (2, 3)
+
+
 def test_npy_with_pickled_objects_is_refused() -> None:
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)

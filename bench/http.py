@@ -1,0 +1,237 @@
+"""HTTP throughput of bnaas next to a bare echo route on the same server, same run.
+
+    python bench/http.py [--seconds 3] [--clients 4]
+
+Starts ``uvicorn bench.echo_app:app`` (the service app plus echo routes; SQLite store in a
+temporary folder), drives it from client processes with keep-alive connections, and prints
+requests/s, MB/s (request + response bytes) and the ratios the issues set floors on.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named http.py: run as a script, its folder must not shadow the stdlib's http.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import argparse
+import http.client
+import io
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _client(
+    port: int, path: str, body: bytes, headers: dict[str, str], seconds: float, out: mp.Queue
+) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    n, nbytes = 0, 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        conn.request("POST", path, body, headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise SystemExit(f"{path}: HTTP {resp.status}: {data[:200]!r}")
+        n += 1
+        nbytes += len(body) + len(data)
+    out.put((n, nbytes))
+
+
+def load(
+    port: int, path: str, body: bytes, headers: dict[str, str], seconds: float, clients: int
+) -> tuple[float, float]:
+    """Requests/s and MB/s with ``clients`` processes hammering one route."""
+    q: mp.Queue = mp.Queue()
+    procs = [
+        mp.Process(target=_client, args=(port, path, body, headers, seconds, q))
+        for _ in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    results = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+        if p.exitcode:
+            raise SystemExit(f"client for {path} failed")
+    n = sum(r[0] for r in results)
+    return n / seconds, sum(r[1] for r in results) / seconds / 1e6
+
+
+def npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def v2_binary(a: np.ndarray) -> tuple[bytes, int]:
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "INPUT",
+                    "shape": list(a.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": a.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    return head + a.tobytes(), len(head)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--clients", type=int, default=4)
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="bnaas-bench-")
+    port = free_port()
+    env = {
+        **os.environ,
+        "BNAAS_STORE": f"sqlite:///{tmp}/bench.db",
+        "BNAAS_DEVICE": "cpu",
+        "PYTHONPATH": str(ROOT),
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.echo_app:app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        _wait(port)
+        rows = _run(port, args.seconds, args.clients)
+    finally:
+        server.terminate()
+        server.wait(10)
+    _report(rows)
+
+
+def _wait(port: int) -> None:
+    for _ in range(300):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", "/readyz")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("server did not start")
+
+
+def _create(port: int, c: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    conn.request(
+        "POST",
+        "/v1/sessions",
+        orjson.dumps({"num_features": c}),
+        {"content-type": "application/json"},
+    )
+    return str(orjson.loads(conn.getresponse().read())["id"])
+
+
+def _run(port: int, seconds: float, clients: int) -> dict[str, tuple[float, float]]:
+    rows: dict[str, tuple[float, float]] = {}
+    rng = np.random.default_rng(0)
+    npy_h = {"content-type": "application/x-npy"}
+    json_h = {"content-type": "application/json"}
+    for shape in ((32, 64), (4096, 256)):
+        x = rng.normal(0, 1, shape).astype(np.float32)
+        sid = _create(port, shape[1])
+        tag = f"{shape[0]}x{shape[1]}"
+        body_npy, body_json = npy(x), orjson.dumps({"data": x}, option=orjson.OPT_SERIALIZE_NUMPY)
+        rows[f"echo npy {tag}"] = load(port, "/bench/echo", body_npy, npy_h, seconds, clients)
+        rows[f"transform npy {tag}"] = load(
+            port, f"/v1/sessions/{sid}/transform", body_npy, npy_h, seconds, clients
+        )
+        rows[f"fit npy {tag}"] = load(
+            port, f"/v1/sessions/{sid}/fit", body_npy, npy_h, seconds, clients
+        )
+        rows[f"echo json {tag}"] = load(
+            port, "/bench/echo-json", body_json, json_h, seconds, clients
+        )
+        rows[f"transform json {tag}"] = load(
+            port, f"/v1/sessions/{sid}/transform", body_json, json_h, seconds, clients
+        )
+        rows[f"fit json {tag}"] = load(
+            port, f"/v1/sessions/{sid}/fit", body_json, json_h, seconds, clients
+        )
+        v2, hlen = v2_binary(x)
+        v2_headers = {"Inference-Header-Content-Length": str(hlen)}
+        rows[f"v2 binary transform {tag}"] = load(
+            port, f"/v2/models/{sid}/infer", v2, v2_headers, seconds, clients
+        )
+    return rows
+
+
+def _report(rows: dict[str, tuple[float, float]]) -> None:
+    print(f"{'route':32} {'req/s':>10} {'MB/s':>10}")
+    for name, (rps, mbs) in rows.items():
+        print(f"{name:32} {rps:10.1f} {mbs:10.1f}")
+    print()
+    checks = []
+    for tag in ("32x64", "4096x256"):
+        checks += [
+            (
+                f"npy transform / echo, {tag}",
+                rows[f"transform npy {tag}"][0] / rows[f"echo npy {tag}"][0],
+                0.6,
+            ),
+            (
+                f"JSON transform / orjson echo, {tag}",
+                rows[f"transform json {tag}"][0] / rows[f"echo json {tag}"][0],
+                0.5,
+            ),
+        ]
+    checks.append(
+        (
+            "fit (SQLite) / transform, npy 32x64",
+            rows["fit npy 32x64"][0] / rows["transform npy 32x64"][0],
+            0.5,
+        )
+    )
+    checks.append(
+        (
+            "V2 binary / npy transform, 4096x256",
+            rows["v2 binary transform 4096x256"][0] / rows["transform npy 4096x256"][0],
+            0.9,
+        )
+    )
+    print(f"{'ratio':42} {'value':>7} {'floor':>6}")
+    for name, value, floor in checks:
+        print(f"{name:42} {value:7.2f} {floor:6.2f} {'ok' if value >= floor else 'BELOW'}")
+
+
+if __name__ == "__main__":
+    main()
