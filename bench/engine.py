@@ -20,6 +20,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -49,8 +50,10 @@ def main() -> None:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     f = torch.nn.functional.batch_norm
     print(f"threads: {torch.get_num_threads()}  numpy {np.__version__}  torch {torch.__version__}")
-    head = f"{'shape':18} {'op':9} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'floor':>5} {'ours GB/s':>9} {'copy GB/s':>9}"
-    print(head)
+    print(
+        f"{'shape':18} {'op':9} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'floor':>5} "
+        f"{'ours GB/s':>9} {'copy GB/s':>9}"
+    )
     below = 0
     for shape in SHAPES:
         x = np.random.default_rng(0).normal(3, 2, shape).astype(np.float32)
@@ -62,14 +65,15 @@ def main() -> None:
         copy_t = best(x.copy, args.repeat)
         gbytes = 2 * x.nbytes / 1e9
         floor = FLOORS.get(shape, 2.0)
-        for op, ours, theirs in (
-            ("fit", lambda: bncore.fit(state, x), lambda: f(tx, rm, rv, w, b, True, 0.1, 1e-5)),
+        runs = (
+            ("fit", partial(bncore.fit, state, x), partial(f, tx, rm, rv, w, b, True, 0.1, 1e-5)),
             (
                 "transform",
-                lambda: bncore.transform(fitted, x),
-                lambda: f(tx, rm, rv, w, b, False, 0.1, 1e-5),
+                partial(bncore.transform, fitted, x),
+                partial(f, tx, rm, rv, w, b, False, 0.1, 1e-5),
             ),
-        ):
+        )
+        for op, ours, theirs in runs:
             t_ours, t_torch = best(ours, args.repeat), best(theirs, args.repeat)
             ratio = t_ours / t_torch
             below += ratio > floor
