@@ -10,7 +10,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from bncore.backend import THREADS, Array, is_host, namespace, parallel_map
-from bncore.errors import BatchSizeError, NonFiniteError
+from bncore.errors import BatchSizeError, NonFiniteError, ShapeError
 
 __all__ = ["Moments", "NanPolicy", "batch_moments", "channels_view"]
 
@@ -37,6 +37,30 @@ class Moments:
         """Moments of no data at all."""
         z = xp.zeros(num_features, dtype=xp.float64)
         return cls(z, z.copy(), z.copy())
+
+    @classmethod
+    def from_stats(cls, count: Any, mean: Any, var: Any, xp: ModuleType) -> Moments:
+        """Moments from per-channel count, mean and biased variance (an export's population).
+
+        ``None``/NaN means and variances are kept (a 'propagate' session may hold them);
+        negative or infinite values, and ragged lengths, are a ``ShapeError``."""
+        try:
+            c = xp.asarray(count, dtype=xp.float64)
+            m = xp.asarray([xp.nan if v is None else v for v in mean], dtype=xp.float64)
+            v = xp.asarray([xp.nan if v is None else v for v in var], dtype=xp.float64)
+        except (TypeError, ValueError) as exc:
+            raise ShapeError(
+                f"population count, mean and var must be lists of numbers ({exc})"
+            ) from None
+        if not (c.ndim == m.ndim == v.ndim == 1 and c.shape == m.shape == v.shape):
+            raise ShapeError("population count, mean and var must be lists of the same length")
+        with _quiet(xp):
+            m2 = xp.where(c > 0, v * c, 0.0)
+            bad = bool((c < 0).any() | (v < 0).any() | xp.isinf(c).any() | xp.isinf(m).any())
+            bad |= bool(xp.isinf(m2).any() | xp.isnan(c).any())
+        if bad:
+            raise ShapeError("population count and var must be finite and >= 0, mean finite")
+        return cls(c, xp.where(c > 0, m, 0.0), m2)
 
     @property
     def var(self) -> Array:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import tokenize
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -114,8 +115,22 @@ def json_array(value: Any, what: str, shape: Any = None, dtype: str = "float64")
     if not isinstance(value, list):
         raise MalformedBody(f"{what} must be a JSON array of numbers")
     try:
-        arr = np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError) as exc:
+        arr = np.asarray(value)  # numbers -> int/float arrays; null -> object; text -> str
+        if arr.dtype.kind == "O":
+            numbers = (
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                for v in arr.flat
+            )
+            if not all(numbers):
+                raise ValueError("values must be numbers or null")
+            arr = np.asarray(value, dtype=dtype)  # null -> NaN
+        elif arr.dtype.kind not in "iuf":
+            raise ValueError(
+                f"values must be numbers or null, not {arr.dtype.kind!r} ({arr.dtype})"
+            )
+        with np.errstate(over="ignore"):  # 1e39 as float32 is inf: the NaN policy judges it
+            arr = arr.astype(dtype, copy=False)
+    except (ValueError, TypeError, OverflowError) as exc:
         reason = "ragged nested lists" if "inhomogeneous" in str(exc) else str(exc)
         raise MalformedBody(f"{what} is not a rectangular array of numbers ({reason})") from None
     if shape is not None:
@@ -204,7 +219,7 @@ def _npy_header(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]
             else np.lib.format.read_array_header_2_0
         )
         shape, fortran, dtype = read(fp, max_header_size=10000)
-    except (ValueError, TypeError, SyntaxError) as exc:
+    except (ValueError, TypeError, SyntaxError, tokenize.TokenError) as exc:
         raise MalformedBody(f"invalid .npy header: {exc}") from None
     return shape, fortran, dtype, fp.tell()
 

@@ -154,17 +154,9 @@ def apply_import(state: bncore.BNState, values: dict[str, Any]) -> bncore.BNStat
     pop = state.population
     if "population" in values:
         p = values["population"]
-        c = config.num_features
-        if not len(p["count"]) == len(p["mean"]) == len(p["var"]) == c:
-            raise bncore.ShapeError(f"population count, mean and var must each have {c} values")
-        count = xp.asarray(p["count"], dtype=xp.float64)
-        mean = xp.asarray([np.nan if v is None else v for v in p["mean"]], dtype=xp.float64)
-        var = xp.asarray([np.nan if v is None else v for v in p["var"]], dtype=xp.float64)
-        if bool((count < 0).any()) or bool((var < 0).any()):
-            raise bncore.ShapeError("population count and var must be >= 0")
-        pop = bncore.Moments(
-            count, xp.where(count > 0, mean, 0.0), xp.where(count > 0, var * count, 0.0)
-        )
+        pop = bncore.Moments.from_stats(p["count"], p["mean"], p["var"], xp)
+        if pop.count.shape != (config.num_features,):
+            raise bncore.ShapeError(f"population must have {config.num_features} values per member")
     buffers = {k: values.get(k, v) for k, v in state.buffers().items()}
     for k in ("weight", "bias", "running_mean", "running_var"):
         if k in values and k not in buffers:

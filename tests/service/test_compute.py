@@ -317,3 +317,48 @@ def test_fold_on_untracked_session_is_409(client: TestClient) -> None:
     sid = create(client, track_running_stats=False)
     r = client.post(f"/v1/sessions/{sid}/fold", json={"weight": [[1.0], [1.0], [1.0]]})
     assert r.status_code == 409
+
+
+ODD_JSON = [
+    b"",
+    b"null",
+    b"[]",
+    b"[[]]",
+    b'{"data": []}',
+    b'{"data": [[]]}',
+    b'{"data": [[1e400, 1, 2]]}',
+    b'{"data": [[1e39, 1, 2], [1, 2, 3]]}',
+    b'{"data": ' + b"[" * 2000 + b"]" * 2000 + b"}",
+    b'{"data": [[1, 2, 3]], "shape": [99999999999, 3]}',
+    b'{"data": [1, 2, 3, 4, 5, 6], "shape": [2, -3]}',
+    b'{"data": {"a": 1}}',
+    b'{"data": [[1, 2, 3], [4, 5, 6]], "dtype": 5}',
+    b"\xff\xfe",
+    b'"str"',
+    b'{"data": [0, 0, 0], "shape": [0, 3]}',
+    b'{"data": [[1, 2, 3], [4, 5, "6"]]}',
+]
+ODD_NPY = [
+    npy(np.zeros((2, 3, 1, 1, 1, 1), np.float32)),
+    npy(np.zeros((3,), np.float32)),
+    npy(np.zeros((2, 3), np.complex64)),
+    npy(np.zeros((2, 3), "M8[s]")),
+    b"\x93NUMPY\x01\x00\xff\xff" + b"x" * 10,
+    b"\x93NUMPY\x03\x00\x10\x00{}",
+    b"\x93NUMPY",
+    b"\x93NUMPY\x01\x00\x20\x00{'descr': '<f4', 'shape': (1e9,)} \n",
+]
+
+
+@pytest.mark.parametrize("route", ["fit", "transform", "backward", "fold"])
+def test_odd_bodies_never_cause_a_server_error(client: TestClient, route: str) -> None:
+    sid = create(client)
+    for ctype, bodies in (("application/json", ODD_JSON), (NPY, ODD_NPY)):
+        for body in bodies:
+            r = client.post(
+                f"/v1/sessions/{sid}/{route}", content=body, headers={"content-type": ctype}
+            )
+            assert r.status_code < 500, (body[:40], r.text)
+            if r.status_code >= 400:
+                assert r.headers["content-type"] == "application/problem+json"
+    assert client.get(f"/v1/sessions/{sid}").json()["num_batches_tracked"] == 0

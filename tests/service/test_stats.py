@@ -112,6 +112,8 @@ def test_keras_and_onnx_conventions_round_trip(client: TestClient, fmt: str) -> 
         ({"num_batches_tracked": -1}, 422),
         ({"surprise": 1}, 422),
         ({"population": {"count": [1, 1], "mean": [0, 0], "var": [0, 0]}}, 422),
+        ({"population": {"count": [1e308, 1, 1], "mean": [0, 0, 0], "var": [1e308, 0, 0]}}, 422),
+        ({"population": {"count": [1, 1, 1], "mean": [0, 0, 0], "var": [0, -1, 0]}}, 422),
         ([1, 2, 3], 422),
     ],
 )
