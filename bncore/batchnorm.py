@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 _FLOATS = ("float16", "float32", "float64")
+_FLOAT_CHARS = "efd"  # dtype.char of float16, float32, float64
 # Elements per block of the threaded affine kernel (input + output stay in L2).
 _AFFINE_BLOCK = 1 << 18
 
@@ -54,7 +55,7 @@ class Gradients:
 def check_input(x: Array, state: BNState, what: str = "input") -> Array:
     """Validate rank, channel count and dtype like PyTorch; return the (A, C, B) view."""
     cfg = state.config
-    if x.dtype.name not in _FLOATS:
+    if x.dtype.char not in _FLOAT_CHARS or x.dtype.kind != "f":
         raise DTypeError(f"{what} dtype must be one of {', '.join(_FLOATS)}, got {x.dtype.name}")
     if not 2 <= x.ndim <= 5:
         raise ShapeError(f"expected 2D to 5D {what}, got {x.ndim}D input of shape {tuple(x.shape)}")
@@ -91,6 +92,13 @@ def _affine(x3: Array, scale: Array, shift: Array, check: bool = False) -> tuple
         return y.reshape(x3.shape), not check or bool(xp.isfinite(y.sum()))
     out = xp.empty_like(x2)
     rows = max(1, _AFFINE_BLOCK // (c * b))
+    if rows >= a:  # one block: no threads, no error-state juggling unless checking
+        xp.multiply(x2, sc, out=out)
+        xp.add(out, sh, out=out)
+        if not check:
+            return out.reshape(x3.shape), True
+        with _quiet(xp):
+            return out.reshape(x3.shape), bool(xp.isfinite(out.sum()))
 
     def run(starts: list[int]) -> bool:
         finite = True

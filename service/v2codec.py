@@ -181,7 +181,8 @@ def encode_infer(
     if not req.binary_output:
         out["data"] = y.reshape(-1)
         return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), {}, "application/json"
-    raw = np.ascontiguousarray(y, dtype=y.dtype.newbyteorder("<"))
+    raw = np.require(y, dtype=y.dtype.newbyteorder("<"), requirements="C")
     out["parameters"] = {"binary_data_size": raw.nbytes}
     head = orjson.dumps(doc)
-    return head + raw.tobytes(), {"Inference-Header-Content-Length": str(len(head))}, OCTET
+    body = b"".join((head, raw.reshape(-1).data))  # one copy of the tensor bytes, no lists
+    return body, {"Inference-Header-Content-Length": str(len(head))}, OCTET
