@@ -8,6 +8,7 @@ a hop that costs more than these lookups themselves (measured: ~0.3 ms per reque
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -15,10 +16,11 @@ from fastapi import Depends, Header, Request
 
 from bncore import Backend
 from service.codecs import decompress
-from service.errors import MalformedBody
+from service.errors import MalformedBody, Unauthorized
 from service.settings import Settings
 from service.stores import Store
 from service.stores.base import Idempotency
+from service.stores.owned import OwnedStore
 
 
 async def get_settings(request: Request) -> Settings:
@@ -26,9 +28,37 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_store(request: Request) -> Store:
+async def get_raw_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
+
+
+async def get_owner(
+    settings: Annotated[Settings, Depends(get_settings)],
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> str | None:
+    """The caller's owner id (a digest of its API key); None when no keys are configured."""
+    keys = settings.key_list()
+    if not keys:
+        return None
+    given = x_api_key
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else None
+    if not given:
+        raise Unauthorized("an API key is required: Authorization: Bearer KEY or X-API-Key")
+    if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+        raise Unauthorized("the API key is not valid")
+    return hashlib.sha256(given.encode()).hexdigest()[:32]
+
+
+async def get_store(
+    store: Annotated[Store, Depends(get_raw_store)],
+    owner: Annotated[str | None, Depends(get_owner)],
+) -> Store:
+    """The store as the caller may see it (all of it when authentication is off)."""
+    return store if owner is None else OwnedStore(store, owner)
 
 
 async def get_backend(request: Request) -> Backend:
@@ -37,6 +67,7 @@ async def get_backend(request: Request) -> Backend:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+RawStoreDep = Annotated[Store, Depends(get_raw_store)]
 StoreDep = Annotated[Store, Depends(get_store)]
 BackendDep = Annotated[Backend, Depends(get_backend)]
 

@@ -36,6 +36,13 @@ class MalformedBody(ServiceError):
     status, slug, title = 400, "malformed-body", "Malformed request body"
 
 
+class Unauthorized(ServiceError):
+    status, slug, title = 401, "unauthorized", "API key missing or not valid"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, {"WWW-Authenticate": 'Bearer realm="bnaas"'})
+
+
 class SessionNotFound(ServiceError):
     status, slug, title = 404, "session-not-found", "Session not found"
 

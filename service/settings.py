@@ -13,6 +13,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BNAAS_", extra="ignore")
 
+    def key_list(self) -> list[str]:
+        """The configured API keys (empty: no authentication)."""
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
     store: str = Field(
         "sqlite:///./data/bnaas.db",
         description="memory://, sqlite:///relative/path or sqlite:////absolute/path",
@@ -20,6 +24,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="request body limit (413)")
     idempotency_ttl_s: float = Field(24 * 3600, gt=0, description="how long retries are answered")
+    api_keys: str = Field(
+        "",
+        description="comma-separated API keys; when set, data routes need one "
+        "(Authorization: Bearer KEY or X-API-Key) and each key sees only its own sessions",
+    )
     stats_header_max_features: int = Field(
         1024, ge=0, description="npy fit responses carry batch statistics in headers up to this C"
     )

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from service.deps import BackendDep, StoreDep
+from service.deps import BackendDep, RawStoreDep
 from service.errors import StoreUnavailable
 from service.views import json_replay, to_response
 
@@ -19,7 +19,7 @@ def healthz() -> Response:
 
 
 @router.get("/readyz", summary="Readiness: the store answers; which array backend runs")
-def readyz(store: StoreDep, backend: BackendDep) -> Response:
+def readyz(store: RawStoreDep, backend: BackendDep) -> Response:
     try:
         store.ping()
     except StoreUnavailable as exc:

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 import bncore
 from service import __version__
-from service.deps import BackendDep, BodyDep, IdempotencyDep, StoreDep
+from service.deps import BackendDep, BodyDep, IdempotencyDep, RawStoreDep, StoreDep
 from service.errors import ServiceError, StoreUnavailable
 from service.stores.base import Replay, Session
 from service.v2codec import INPUT, OUTPUT, InferRequest, datatype, decode_infer, encode_infer
@@ -40,7 +40,7 @@ def live() -> Response:
 
 
 @router.get("/health/ready", summary="Server readiness (the store answers)")
-def ready(store: StoreDep) -> Response:
+def ready(store: RawStoreDep) -> Response:
     try:
         store.ping()
     except StoreUnavailable as exc:

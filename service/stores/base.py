@@ -27,6 +27,7 @@ class Session:
     created_at: float
     updated_at: float
     name: str | None = None
+    owner: str | None = None  # who may see it when API keys are configured
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ class Store(Protocol):
         """The session, or ``SessionNotFound``."""
         ...
 
-    def list(self, limit: int, after: str | None) -> list[Session]:
-        """Sessions ordered by id, ``limit`` of them after id ``after``."""
+    def list(self, limit: int, after: str | None, owner: str | None = None) -> list[Session]:
+        """Sessions ordered by id, ``limit`` of them after id ``after`` (of ``owner`` if given)."""
         ...
 
     def delete(self, session_id: str, if_match: int | None = None) -> None:

@@ -69,10 +69,14 @@ class MemoryStore:
         except KeyError:
             raise SessionNotFound(session_id) from None
 
-    def list(self, limit: int, after: str | None) -> list[Session]:
+    def list(self, limit: int, after: str | None, owner: str | None = None) -> list[Session]:
         with self._guard:
-            ids = sorted(i for i in self._sessions if after is None or i > after)[:limit]
-            return [self._sessions[i] for i in ids]
+            ids = sorted(
+                i
+                for i, s in self._sessions.items()
+                if (after is None or i > after) and (owner is None or s.owner == owner)
+            )
+            return [self._sessions[i] for i in ids[:limit]]
 
     def delete(self, session_id: str, if_match: int | None = None) -> None:
         with self._lock(session_id):

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     version INTEGER NOT NULL,
     state BLOB NOT NULL,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL,
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency (created_at);
 """
-_COLUMNS = "id, name, version, state, created_at, updated_at"
+_COLUMNS = "id, name, version, state, created_at, updated_at, owner"
 
 
 class SQLiteStore:
@@ -100,14 +101,15 @@ class SQLiteStore:
             db.execute("ROLLBACK")
             raise
 
-    def _session(self, row: tuple[str, str | None, int, bytes, float, float]) -> Session:
-        sid, name, version, blob, created, updated = row
+    def _session(
+        self, row: tuple[str, str | None, int, bytes, float, float, str | None]
+    ) -> Session:
+        sid, name, version, blob, created, updated, owner = row
         cached = self._cache.get(sid)
         if cached is not None and cached.version == version:
             return cached
-        session = Session(
-            sid, bncore.state_from_bytes(blob, self._xp), version, created, updated, name
-        )
+        state = bncore.state_from_bytes(blob, self._xp)
+        session = Session(sid, state, version, created, updated, name, owner)
         self._remember_session(session)
         return session
 
@@ -169,7 +171,7 @@ class SQLiteStore:
             if replay is not None:
                 return replay
             db.execute(
-                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     session.id,
                     session.name,
@@ -177,6 +179,7 @@ class SQLiteStore:
                     bncore.state_to_bytes(session.state),
                     session.created_at,
                     session.updated_at,
+                    session.owner,
                 ),
             )
             self._remember(db, _CREATE, idem, render(session, None) if render and idem else None)
@@ -192,12 +195,13 @@ class SQLiteStore:
             raise SessionNotFound(session_id)
         return self._session(row)
 
-    def list(self, limit: int, after: str | None) -> list[Session]:
+    def list(self, limit: int, after: str | None, owner: str | None = None) -> list[Session]:
         rows = (
             self._db()
             .execute(
-                f"SELECT {_COLUMNS} FROM sessions WHERE id > ? ORDER BY id LIMIT ?",
-                (after or "", limit),
+                f"SELECT {_COLUMNS} FROM sessions WHERE id > ? AND (? IS NULL OR owner = ?) "
+                "ORDER BY id LIMIT ?",
+                (after or "", owner, owner, limit),
             )
             .fetchall()
         )

@@ -169,3 +169,28 @@ def test_aio_client_passes_the_same_checks(v2_server: Server) -> None:
             await client.close()
 
     asyncio.run(run())
+
+
+def test_api_keys_through_a_real_socket(tmp_path: Path) -> None:
+    server = Server(
+        f"sqlite:///{tmp_path / 'auth.db'}",
+        log=tmp_path / "server.log",
+        env={"BNAAS_API_KEYS": "s3cret"},
+    )
+    server.start()
+    try:
+        auth = {"Authorization": "Bearer s3cret"}
+        assert httpx.post(f"{server.url}/v1/sessions", json={"num_features": 4}).status_code == 401
+        sid = httpx.post(
+            f"{server.url}/v1/sessions", json={"num_features": 4}, headers=auth
+        ).json()["id"]
+        client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+        assert client.is_server_ready()
+        with pytest.raises(InferenceServerException) as info:
+            client.infer(sid, [make_input(X, True)])
+        assert info.value.status() == "401"
+        r = client.infer(sid, [make_input(X, True)], parameters={"mode": "fit"}, headers=auth)
+        assert r.get_response()["parameters"]["num_batches_tracked"] == 1
+        client.close()
+    finally:
+        server.stop()
