@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
-from bncore.backend import THREADS, Array, is_host, namespace, parallel_map
+from bncore import kernels
+from bncore.backend import Array, namespace
 from bncore.errors import DTypeError, NonFiniteError, ShapeError, StateError
 from bncore.moments import Moments, _quiet, batch_moments, channels_view
 from bncore.state import BNState
@@ -30,8 +31,6 @@ __all__ = [
 
 _FLOATS = ("float16", "float32", "float64")
 _FLOAT_CHARS = "efd"  # dtype.char of float16, float32, float64
-# Elements per block of the threaded affine kernel (input + output stay in L2).
-_AFFINE_BLOCK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -74,46 +73,22 @@ def _compute_dtype(xp: ModuleType, dtype: Any) -> Any:
 
 
 def _affine(x3: Array, scale: Array, shift: Array, check: bool = False) -> tuple[Array, bool]:
-    """y = x * scale + shift per channel, in x's dtype; blocked and threaded on the CPU.
+    """y = x * scale + shift per channel, in x's dtype (float16 computes in float32).
 
-    With ``check`` it also reports whether every output value is finite, summing each block
-    while it is still in cache (a sum is NaN/Inf iff a term is, short of overflow).
+    Also says whether every output is finite when ``check`` is set (always computed by the C
+    kernels, where a running sum of the outputs costs nothing).
     """
+    found = kernels.affine(x3, scale, shift)
+    if found is not None:
+        return found
     xp = namespace(x3)
-    a, c, b = x3.shape
     cdt = _compute_dtype(xp, x3.dtype)
-    sc, sh = scale.astype(cdt), shift.astype(cdt)
-    if b == 1:
-        x2 = x3.reshape(a, c)
-    else:
-        x2, sc, sh = x3, sc[:, None], sh[:, None]
-    if x3.dtype != cdt or not is_host(xp):
-        y = (x2.astype(cdt, copy=False) * sc + sh).astype(x3.dtype, copy=False)
-        return y.reshape(x3.shape), not check or bool(xp.isfinite(y.sum()))
-    out = xp.empty_like(x2)
-    rows = max(1, _AFFINE_BLOCK // (c * b))
-    if rows >= a:  # one block: no threads, no error-state juggling unless checking
-        xp.multiply(x2, sc, out=out)
-        xp.add(out, sh, out=out)
-        if not check:
-            return out.reshape(x3.shape), True
-        with _quiet(xp):
-            return out.reshape(x3.shape), bool(xp.isfinite(out.sum()))
-
-    def run(starts: list[int]) -> bool:
-        finite = True
-        with _quiet(xp):  # NumPy's error state is per thread: set it in the worker
-            for r in starts:
-                ob = out[r : r + rows]
-                xp.multiply(x2[r : r + rows], sc, out=ob)
-                xp.add(ob, sh, out=ob)
-                if check:
-                    finite &= bool(xp.isfinite(ob.sum()))
-        return finite
-
-    starts = list(range(0, a, rows))
-    groups = [starts[t::THREADS] for t in range(min(THREADS, len(starts)))]
-    return out.reshape(x3.shape), all(parallel_map(run, groups))
+    sc, sh = scale.astype(cdt)[:, None], shift.astype(cdt)[:, None]
+    y = (x3.astype(cdt, copy=False) * sc + sh).astype(x3.dtype, copy=False)
+    if not check:
+        return y, True
+    with _quiet(xp):
+        return y, bool(xp.isfinite(y.sum()))
 
 
 def _scale_shift(state: BNState, mean: Array, var: Array) -> tuple[Array, Array]:

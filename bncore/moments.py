@@ -9,19 +9,13 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
-from bncore.backend import THREADS, Array, is_host, namespace, parallel_map
+from bncore import kernels
+from bncore.backend import Array, is_host, namespace
 from bncore.errors import BatchSizeError, NonFiniteError, ShapeError
 
 __all__ = ["Moments", "NanPolicy", "batch_moments", "channels_view"]
 
 NanPolicy = Literal["reject", "propagate", "omit"]
-
-# Elements per block of the CPU kernel: a block and its deviations stay in L2/L3 cache.
-_BLOCK = 1 << 17
-# Rows summed in the input dtype before the running total moves to float64.
-_RUN = 256
-# Below this many elements one block on one thread beats the pool's hand-off cost.
-_SERIAL = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -105,55 +99,8 @@ def channels_view(x: Array, channel_axis: int) -> Array:
     return x.reshape(a, shape[axis], b)
 
 
-def _column_sums(d: Array) -> tuple[Array, Array]:
-    """Float64 sum(d) and sum(d^2) over the rows of a (a, C) array, accumulating at most
-    ``_RUN`` rows in the input dtype before moving to float64 (bounds the rounding error)."""
-    xp = namespace(d)
-    a, c = d.shape
-    full = a - a % _RUN
-    s1 = xp.zeros(c)
-    s2 = xp.zeros(c)
-    if full:
-        runs = d[:full].reshape(-1, _RUN, c)
-        s1 += runs.sum(axis=1).sum(axis=0, dtype=xp.float64)
-        s2 += xp.einsum("gij,gij->gj", runs, runs).sum(axis=0, dtype=xp.float64)
-    if full < a:
-        rest = d[full:]
-        s1 += rest.sum(axis=0)
-        s2 += xp.einsum("ij,ij->j", rest, rest)
-    return s1, s2
-
-
-def _shifted_moments(xb: Array) -> tuple[Array, Array]:
-    """Mean and M2 per channel of one (a, C, b) block.
-
-    Shifted-data form: d = x - K with K the block's own mean estimate, so sum(d) is ~0 and
-    M2 = sum(d^2) - sum(d)^2 / n has no cancellation (Chan, Golub & LeVeque 1983). Within a
-    block (a few hundred rows, or pairwise sums along b) d and its sums stay in the input dtype;
-    block results are float64 and are merged in float64.
-    """
-    xp = namespace(xb)
-    if xb.dtype == xp.float16:
-        xb = xb.astype(xp.float32)
-    a, c, b = xb.shape
-    n = a * b
-    if b == 1:
-        x2 = xb.reshape(a, c)
-        shift = x2.sum(axis=0) / a
-        s1, s2 = _column_sums(x2 - shift)
-    else:
-        shift = xb.sum(axis=(0, 2)) / n
-        d = (xb - shift[:, None]).reshape(a * c, b)
-        s1 = d.sum(axis=1).reshape(a, c).sum(axis=0)
-        s2 = xp.square(d, out=d).sum(axis=1).reshape(a, c).sum(axis=0)
-        s1, s2 = s1.astype(xp.float64), s2.astype(xp.float64)
-    # Rounding can leave M2 a hair below 0 for a constant channel; it is >= 0 exactly.
-    return shift.astype(xp.float64) + s1 / n, xp.maximum(s2 - s1 * s1 / n, 0.0)
-
-
 def _exact_moments(x3: Array) -> tuple[Array, Array]:
-    """Two-pass float64 mean and M2 of the whole array: the slow path for values whose squares
-    overflow float32, and the definition the fast path is tested against."""
+    """Two-pass float64 mean and M2 of the whole array, in the array's namespace."""
     xp = namespace(x3)
     x64 = x3.astype(xp.float64)
     mean = x64.sum(axis=(0, 2)) / (x3.shape[0] * x3.shape[2])
@@ -161,53 +108,13 @@ def _exact_moments(x3: Array) -> tuple[Array, Array]:
     return mean, xp.einsum("ijk,ijk->j", x64, x64)
 
 
-def _blocks(shape: tuple[int, int, int]) -> tuple[int, int]:
-    """Rows and channels per block so that one block holds about ``_BLOCK`` elements."""
-    _, c, b = shape
-    if c * b <= _BLOCK:
-        return max(1, _BLOCK // (c * b)), c
-    pieces = -(-c * b // _BLOCK)
-    return 1, -(-c // pieces)
-
-
-def _blocked_moments(x3: Array) -> tuple[Array, Array]:
-    """Mean and M2 of every channel: cache-sized blocks spread over the CPU's cores."""
-    xp = namespace(x3)
-    a, c, b = x3.shape
-    rows, chans = _blocks(x3.shape)
-    row_starts = list(range(0, a, rows))
-    means = xp.empty((len(row_starts), c))
-    m2s = xp.empty((len(row_starts), c))
-    tasks = [(i, r, c0) for i, r in enumerate(row_starts) for c0 in range(0, c, chans)]
-
-    def run(group: list[tuple[int, int, int]]) -> None:
-        with _quiet(xp):  # NumPy's error state is per thread: set it in the worker
-            for i, r, c0 in group:
-                mean, m2 = _shifted_moments(x3[r : r + rows, c0 : c0 + chans])
-                means[i, c0 : c0 + chans] = mean
-                m2s[i, c0 : c0 + chans] = m2
-
-    n_groups = min(len(tasks), THREADS)
-    parallel_map(run, [tasks[g::n_groups] for g in range(n_groups)])
-    # Chan's merge in closed form over all row blocks at once (block i holds counts[i] values).
-    counts = xp.asarray([min(rows, a - r) * b for r in row_starts], dtype=xp.float64)[:, None]
-    mean = (counts * means).sum(axis=0) / counts.sum()
-    dev = means - mean
-    return mean, m2s.sum(axis=0) + (counts * dev * dev).sum(axis=0)
-
-
 def _dense_moments(x3: Array) -> tuple[Array, Array]:
-    """Mean and M2 per channel; falls back to the float64 two-pass form where the fast form
-    overflowed, so that only real NaN/Inf input leaves a non-finite result."""
-    xp = namespace(x3)
-    if not is_host(xp):
+    """Mean and M2 per channel: the C kernels on the CPU, else the same maths with ``xp``."""
+    found = kernels.moments(x3)
+    if found is not None:
+        return found
+    with _quiet(namespace(x3)):  # inf - inf in the deviations: the NaN policy reports it
         return _exact_moments(x3)
-    if x3.size <= _SERIAL:  # small: plain float64 two-pass is both exact and fewest calls
-        return _exact_moments(x3)
-    mean, m2 = _blocked_moments(x3)
-    if x3.dtype != xp.float64 and not math.isfinite(float(m2.sum())):
-        return _exact_moments(x3)
-    return mean, m2
 
 
 def _nonfinite_channels(xp: ModuleType, *stats: Array) -> list[int]:
@@ -256,8 +163,7 @@ def batch_moments(x3: Array, nan_policy: NanPolicy = "reject", min_count: int = 
         raise BatchSizeError(
             f"Expected more than 1 value per channel when training, got {n} value(s) per channel"
         )
-    with _quiet(xp):
-        mean, m2 = _dense_moments(x3)
+    mean, m2 = _dense_moments(x3)
     if nan_policy == "reject" and not math.isfinite(float(m2.sum())):
         raise NonFiniteError(_nonfinite_channels(xp, mean, m2))
     return Moments(xp.full(c, float(n)), mean, m2)

@@ -11,6 +11,9 @@ import pytest
 
 import bncore as bn
 
+# Every test here runs through the C kernels and through the NumPy fallback.
+pytestmark = pytest.mark.usefixtures("engine_path")
+
 GOLDEN = Path(__file__).parent.parent / "golden"
 FIT_CASES = [
     "one_fit_2d",

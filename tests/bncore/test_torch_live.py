@@ -9,6 +9,9 @@ import pytest
 
 import bncore as bn
 
+# Every test here runs through the C kernels and through the NumPy fallback.
+pytestmark = pytest.mark.usefixtures("engine_path")
+
 torch = pytest.importorskip("torch")
 
 MODULES = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}

@@ -1,0 +1,240 @@
+/* bncore._cpu: the two per-element loops of BatchNorm on the CPU, in C.
+ *
+ * Arrays travel through the buffer protocol (no NumPy headers at build time). The input is
+ * viewed as (a, c, b): the channel axis in the middle (see bncore.moments.channels_view).
+ * Each function handles the rows [row0, row1) and releases the GIL, so Python threads can
+ * split a batch by rows. Float32 and float64 inputs; sums always accumulate in double.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <string.h>
+
+typedef struct {
+    Py_buffer view;
+    int is_double;
+} Input;
+
+static int get_input(PyObject *obj, Input *in, int writable) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, &in->view, flags) < 0) return -1;
+    const char *f = in->view.format ? in->view.format : "B";
+    if (f[0] == '<' || f[0] == '=' || f[0] == '@') f++;
+    if (strcmp(f, "f") == 0 && in->view.itemsize == 4) in->is_double = 0;
+    else if (strcmp(f, "d") == 0 && in->view.itemsize == 8) in->is_double = 1;
+    else {
+        PyBuffer_Release(&in->view);
+        PyErr_Format(PyExc_TypeError, "expected a float32 or float64 buffer, got format %s", f);
+        return -1;
+    }
+    return 0;
+}
+
+static int get_doubles(PyObject *obj, Py_buffer *view, Py_ssize_t n, int writable) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) return -1;
+    const char *f = view->format ? view->format : "B";
+    if (f[0] == '<' || f[0] == '=' || f[0] == '@') f++;
+    if (strcmp(f, "d") != 0 || view->len != n * (Py_ssize_t)sizeof(double)) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_ValueError, "expected %zd float64 values", n);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_shape(Input *in, Py_ssize_t a, Py_ssize_t c, Py_ssize_t b, Py_ssize_t row0,
+                       Py_ssize_t row1) {
+    if (a < 0 || c < 1 || b < 1 || in->view.len != a * c * b * in->view.itemsize) {
+        PyErr_SetString(PyExc_ValueError, "buffer size does not match (a, c, b)");
+        return -1;
+    }
+    if (row0 < 0 || row1 < row0 || row1 > a) {
+        PyErr_SetString(PyExc_ValueError, "row range outside the array");
+        return -1;
+    }
+    return 0;
+}
+
+/* Each loop is compiled twice, for AVX2 and for the baseline, and picked at load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KERNEL __attribute__((target_clones("avx2", "default")))
+#else
+#define KERNEL
+#endif
+
+/* Two passes over the rows: mean, then sum of squared deviations (never E[x^2] - E[x]^2). */
+#define MOMENTS_LOOP(T)                                                                     \
+    do {                                                                                    \
+        for (Py_ssize_t i = row0; i < row1; i++) {                                          \
+            const T *row = x + i * c * b;                                                   \
+            if (b == 1) {                                                                   \
+                for (Py_ssize_t j = 0; j < c; j++) mean[j] += (double)row[j];              \
+            } else {                                                                        \
+                for (Py_ssize_t j = 0; j < c; j++) {                                        \
+                    const T *p = row + j * b;                                               \
+                    double s = 0.0;                                                         \
+                    for (Py_ssize_t k = 0; k < b; k++) s += (double)p[k];                  \
+                    mean[j] += s;                                                           \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for (Py_ssize_t j = 0; j < c; j++) mean[j] /= (double)n;                           \
+        for (Py_ssize_t i = row0; i < row1; i++) {                                          \
+            const T *row = x + i * c * b;                                                   \
+            if (b == 1) {                                                                   \
+                for (Py_ssize_t j = 0; j < c; j++) {                                        \
+                    double d = (double)row[j] - mean[j];                                    \
+                    m2[j] += d * d;                                                         \
+                }                                                                           \
+            } else {                                                                        \
+                for (Py_ssize_t j = 0; j < c; j++) {                                        \
+                    const T *p = row + j * b;                                               \
+                    const double mu = mean[j];                                              \
+                    double s = 0.0;                                                         \
+                    for (Py_ssize_t k = 0; k < b; k++) {                                    \
+                        double d = (double)p[k] - mu;                                       \
+                        s += d * d;                                                         \
+                    }                                                                       \
+                    m2[j] += s;                                                             \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    } while (0)
+
+KERNEL static void moments_f32(const float *x, Py_ssize_t c, Py_ssize_t b, Py_ssize_t row0,
+                               Py_ssize_t row1, Py_ssize_t n, double *mean, double *m2) {
+    MOMENTS_LOOP(float);
+}
+
+KERNEL static void moments_f64(const double *x, Py_ssize_t c, Py_ssize_t b, Py_ssize_t row0,
+                               Py_ssize_t row1, Py_ssize_t n, double *mean, double *m2) {
+    MOMENTS_LOOP(double);
+}
+
+static PyObject *moments(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *mo, *so;
+    Py_ssize_t a, c, b, row0, row1;
+    if (!PyArg_ParseTuple(args, "OnnnnnOO", &xo, &a, &c, &b, &row0, &row1, &mo, &so)) return NULL;
+    Input in;
+    Py_buffer mv, sv;
+    if (get_input(xo, &in, 0) < 0) return NULL;
+    if (check_shape(&in, a, c, b, row0, row1) < 0) goto fail_in;
+    if (get_doubles(mo, &mv, c, 1) < 0) goto fail_in;
+    if (get_doubles(so, &sv, c, 1) < 0) goto fail_mv;
+    double *mean = (double *)mv.buf, *m2 = (double *)sv.buf;
+    const Py_ssize_t n = (row1 - row0) * b;
+    memset(mean, 0, c * sizeof(double));
+    memset(m2, 0, c * sizeof(double));
+    if (n > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        if (in.is_double) moments_f64(in.view.buf, c, b, row0, row1, n, mean, m2);
+        else moments_f32(in.view.buf, c, b, row0, row1, n, mean, m2);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&sv);
+    PyBuffer_Release(&mv);
+    PyBuffer_Release(&in.view);
+    Py_RETURN_NONE;
+fail_mv:
+    PyBuffer_Release(&mv);
+fail_in:
+    PyBuffer_Release(&in.view);
+    return NULL;
+}
+
+/* y = x * scale[j] + shift[j] in the input's precision; the returned flag says whether every
+ * output is finite (their running sum is, unless an output is NaN or Inf, or it overflows). */
+#define AFFINE_LOOP(T)                                                                      \
+    do {                                                                                    \
+        T total = 0;                                                                        \
+        for (Py_ssize_t i = row0; i < row1; i++) {                                          \
+            const Py_ssize_t base = i * c * b;                                              \
+            if (b == 1) {                                                                   \
+                for (Py_ssize_t j = 0; j < c; j++) {                                        \
+                    T v = x[base + j] * (T)scale[j] + (T)shift[j];                          \
+                    y[base + j] = v;                                                        \
+                    total += v;                                                             \
+                }                                                                           \
+            } else {                                                                        \
+                for (Py_ssize_t j = 0; j < c; j++) {                                        \
+                    const T s = (T)scale[j], t = (T)shift[j];                               \
+                    const T *p = x + base + j * b;                                          \
+                    T *q = y + base + j * b;                                                \
+                    T part = 0;                                                             \
+                    for (Py_ssize_t k = 0; k < b; k++) {                                    \
+                        T v = p[k] * s + t;                                                 \
+                        q[k] = v;                                                           \
+                        part += v;                                                          \
+                    }                                                                       \
+                    total += part;                                                          \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        return isfinite(total);                                                             \
+    } while (0)
+
+KERNEL static int affine_f32(const float *x, float *y, Py_ssize_t c, Py_ssize_t b,
+                             Py_ssize_t row0, Py_ssize_t row1, const double *scale,
+                             const double *shift) {
+    AFFINE_LOOP(float);
+}
+
+KERNEL static int affine_f64(const double *x, double *y, Py_ssize_t c, Py_ssize_t b,
+                             Py_ssize_t row0, Py_ssize_t row1, const double *scale,
+                             const double *shift) {
+    AFFINE_LOOP(double);
+}
+
+static PyObject *affine(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *so, *to, *yo;
+    Py_ssize_t a, c, b, row0, row1;
+    if (!PyArg_ParseTuple(args, "OnnnnnOOO", &xo, &a, &c, &b, &row0, &row1, &so, &to, &yo))
+        return NULL;
+    Input in, out;
+    Py_buffer sv, tv;
+    int finite = 1;
+    if (get_input(xo, &in, 0) < 0) return NULL;
+    if (check_shape(&in, a, c, b, row0, row1) < 0) goto fail_in;
+    if (get_input(yo, &out, 1) < 0) goto fail_in;
+    if (out.is_double != in.is_double || out.view.len != in.view.len) {
+        PyErr_SetString(PyExc_ValueError, "output must match the input's dtype and size");
+        goto fail_out;
+    }
+    if (get_doubles(so, &sv, c, 0) < 0) goto fail_out;
+    if (get_doubles(to, &tv, c, 0) < 0) goto fail_sv;
+    const double *scale = (const double *)sv.buf, *shift = (const double *)tv.buf;
+    Py_BEGIN_ALLOW_THREADS
+    if (in.is_double) finite = affine_f64(in.view.buf, out.view.buf, c, b, row0, row1, scale, shift);
+    else finite = affine_f32(in.view.buf, out.view.buf, c, b, row0, row1, scale, shift);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&tv);
+    PyBuffer_Release(&sv);
+    PyBuffer_Release(&out.view);
+    PyBuffer_Release(&in.view);
+    return PyBool_FromLong(finite);
+fail_sv:
+    PyBuffer_Release(&sv);
+fail_out:
+    PyBuffer_Release(&out.view);
+fail_in:
+    PyBuffer_Release(&in.view);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"moments", moments, METH_VARARGS,
+     "moments(x, a, c, b, row0, row1, mean_out, m2_out): per-channel mean and M2 (float64) "
+     "of rows [row0, row1) of x viewed as (a, c, b)."},
+    {"affine", affine, METH_VARARGS,
+     "affine(x, a, c, b, row0, row1, scale, shift, out) -> bool: out = x * scale + shift on "
+     "rows [row0, row1); True when every value written is finite."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu", NULL, -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__cpu(void) { return PyModule_Create(&module); }

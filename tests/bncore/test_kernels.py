@@ -1,0 +1,95 @@
+"""The C kernels against float64 recomputation, and where they step aside."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bncore as bn
+from bncore import kernels
+
+
+def truth(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x64 = x3.astype(np.float64)
+    mean = x64.mean(axis=(0, 2))
+    return mean, ((x64 - mean[:, None]) ** 2).sum(axis=(0, 2))
+
+
+def test_kernels_are_built() -> None:
+    assert kernels.available(), "bncore._cpu missing: reinstall with a C compiler"
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 3), (256, 64), (3000, 700), (4, 64, 3136), (2_000_000, 2, 1)]
+)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_moments_match_float64_two_pass(shape: tuple[int, int], dtype: str) -> None:
+    x = np.random.default_rng(0).normal(7, 3, shape).astype(dtype)
+    x3 = x.reshape(shape[0], shape[1], -1)
+    found = kernels.moments(x3)
+    assert found is not None
+    mean, m2 = truth(x3)
+    np.testing.assert_allclose(found[0], mean, rtol=1e-12)
+    np.testing.assert_allclose(found[1], m2, rtol=1e-10)
+
+
+def test_large_mean_small_spread_float32_is_exact_to_1e_6() -> None:
+    x = (1e4 + 1e-2 * np.random.default_rng(1).standard_normal((65536, 8))).astype(np.float32)
+    found = kernels.moments(x.reshape(65536, 8, 1))
+    assert found is not None
+    np.testing.assert_allclose(found[1] / 65536, x.astype(np.float64).var(axis=0), rtol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 1), (3000, 700, 1), (40, 64, 3136)])
+def test_affine_matches_numpy_bit_for_bit(shape: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 1, shape).astype(np.float32)
+    scale, shift = rng.normal(0, 1, shape[1]), rng.normal(0, 1, shape[1])
+    found = kernels.affine(x, scale, shift)
+    assert found is not None
+    y, finite = found
+    expected = x * scale.astype(np.float32)[:, None] + shift.astype(np.float32)[:, None]
+    np.testing.assert_array_equal(y, expected)
+    assert finite
+
+
+def test_affine_reports_non_finite_output() -> None:
+    x = np.ones((4, 3, 1), np.float32)
+    x[2, 1, 0] = np.nan
+    found = kernels.affine(x, np.ones(3), np.zeros(3))
+    assert found is not None
+    assert found[1] is False
+
+
+@pytest.mark.parametrize(
+    "x3",
+    [
+        np.ones((4, 3, 1), np.float16),
+        np.ones((3, 4), np.float32).T.reshape(4, 3, 1),
+        np.ones((4, 3, 1), ">f4"),
+    ],
+)
+def test_kernels_step_aside_for_what_they_do_not_take(x3: np.ndarray) -> None:
+    assert kernels.moments(x3) is None
+    assert kernels.affine(x3, np.ones(3), np.zeros(3)) is None
+
+
+def test_engine_falls_back_to_numpy_for_non_contiguous_input() -> None:
+    x = np.random.default_rng(3).normal(0, 1, (3, 8)).astype(np.float32).T  # (8, 3), F-order
+    state, result = bn.fit(bn.initial_state(bn.BNConfig(3)), x)
+    np.testing.assert_allclose(result.batch.mean, x.astype(np.float64).mean(axis=0), rtol=1e-12)
+    assert state.num_batches_tracked == 1
+
+
+def test_kernel_argument_errors_are_python_exceptions() -> None:
+    from bncore import _cpu
+
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="buffer size"):
+        _cpu.moments(x, 4, 4, 1, 0, 4, np.empty(4), np.empty(4))
+    with pytest.raises(ValueError, match="row range"):
+        _cpu.moments(x, 4, 3, 1, 0, 5, np.empty(3), np.empty(3))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _cpu.moments(np.ones((4, 3), np.int32), 4, 3, 1, 0, 4, np.empty(3), np.empty(3))
+    with pytest.raises(ValueError, match="float64 values"):
+        _cpu.moments(x, 4, 3, 1, 0, 4, np.empty(2), np.empty(3))
