@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.responses import Response
 
 import bncore
 from service.codecs import JSON, dumps
-from service.stores.base import Replay, Session
+from service.stores.base import Render, Replay, Session
+
+R = TypeVar("R")
 
 
 def etag(version: int) -> str:
@@ -39,6 +41,13 @@ def session_view(s: Session) -> dict[str, Any]:
 def json_replay(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Replay:
     """A JSON answer in the storable form (so an idempotent retry can return it verbatim)."""
     return Replay(status, JSON, dumps(doc), headers or {})
+
+
+def rendered(out: tuple[Session, R] | Replay, render: Render[R]) -> Response:
+    """The answer to a ``store.update``: the saved one on an idempotent retry, else rendered."""
+    if isinstance(out, Replay):
+        return to_response(out, replayed=True)
+    return to_response(render(*out))
 
 
 def to_response(replay: Replay, replayed: bool = False) -> Response:

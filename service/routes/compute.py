@@ -32,7 +32,7 @@ from service.deps import BackendDep, BodyDep, IdempotencyDep, IfMatchDep, Settin
 from service.errors import MalformedBody
 from service.routes.openapi import PROBLEMS, multi_body, tensor_body, tensor_response
 from service.stores.base import Replay, Session
-from service.views import etag, json_replay, to_response
+from service.views import etag, json_replay, rendered, to_response
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["compute"])
 
@@ -135,10 +135,9 @@ def fit(
             headers["BN-Batch-Var"] = _b64(batch.var)
         return _tensor_replay(answer, result.output, headers, extra)
 
-    out = store.update(session_id, change, if_match=if_match, idem=idem, render=render)
-    if isinstance(out, Replay):
-        return to_response(out, replayed=True)
-    return to_response(render(*out))
+    return rendered(
+        store.update(session_id, change, if_match=if_match, idem=idem, render=render), render
+    )
 
 
 def _multi(body: bytes, media: str, names: tuple[str, ...], dtype: str) -> dict[str, Array]:
@@ -218,10 +217,9 @@ def backward(
     if lr is None:
         session = store.get(session_id)
         return to_response(render(session, run(session)[1]))
-    out = store.update(session_id, run, if_match=if_match, idem=idem, render=render)
-    if isinstance(out, Replay):
-        return to_response(out, replayed=True)
-    return to_response(render(*out))
+    return rendered(
+        store.update(session_id, run, if_match=if_match, idem=idem, render=render), render
+    )
 
 
 @router.post(

@@ -14,7 +14,7 @@ import bncore
 from service.deps import BackendDep, IdempotencyDep, IfMatchDep, StoreDep
 from service.routes.openapi import PROBLEMS
 from service.stores.base import Replay, Session
-from service.views import etag, json_replay, session_view, to_response
+from service.views import etag, json_replay, rendered, session_view, to_response
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -100,6 +100,6 @@ def reset_session(
         xp = bncore.namespace(old.population.mean)
         return bncore.initial_state(old.config, **keep, xp=xp, finite=False), None
 
-    out = store.update(session_id, change, if_match=if_match)
-    assert not isinstance(out, Replay)  # no idempotency key: never a replay
-    return to_response(_view_replay(out[0]))
+    return rendered(
+        store.update(session_id, change, if_match=if_match), lambda s, _: _view_replay(s)
+    )

@@ -27,7 +27,7 @@ from service.deps import BodyDep, IfMatchDep, StoreDep
 from service.errors import MalformedBody
 from service.routes.openapi import PROBLEMS
 from service.stores.base import Replay, Session
-from service.views import etag, json_replay, to_response
+from service.views import etag, json_replay, rendered, to_response
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["stats"])
 
@@ -207,9 +207,7 @@ def put_stats(
     def change(session: Session) -> tuple[bncore.BNState, None]:
         return apply_import(session.state, values), None
 
-    out = store.update(session_id, change, if_match=if_match)
-    assert not isinstance(out, Replay)  # no idempotency key: never a replay
-    session = out[0]
-    return to_response(
-        json_replay(export_json(session.state), headers={"ETag": etag(session.version)})
-    )
+    def render(session: Session, _: None) -> Replay:
+        return json_replay(export_json(session.state), headers={"ETag": etag(session.version)})
+
+    return rendered(store.update(session_id, change, if_match=if_match), render)

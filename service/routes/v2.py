@@ -14,7 +14,7 @@ from service.deps import BackendDep, BodyDep, IdempotencyDep, RawStoreDep, Store
 from service.errors import ServiceError, StoreUnavailable
 from service.stores.base import Replay, Session
 from service.v2codec import INPUT, OUTPUT, InferRequest, datatype, decode_infer, encode_infer
-from service.views import json_replay, to_response
+from service.views import json_replay, rendered, to_response
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
@@ -125,10 +125,7 @@ def infer(
         data, headers, media = encode_infer(session_id, req, bncore.to_host(result.output), params)
         return Replay(200, media, data, headers)
 
-    out = store.update(session_id, change, idem=idem, render=render)
-    if isinstance(out, Replay):
-        return to_response(out, replayed=True)
-    return to_response(render(*out))
+    return rendered(store.update(session_id, change, idem=idem, render=render), render)
 
 
 def _answer(model: str, req: InferRequest, y: Any, params: dict[str, Any]) -> Response:
