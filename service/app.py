@@ -31,6 +31,13 @@ _PROBLEM_SCHEMA = {
 }
 
 
+# Only enforced when BNAAS_API_KEYS is set; either scheme carries the key.
+_SECURITY = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. The backend and the store open in the lifespan, once per process."""
     settings = settings or Settings()
@@ -60,19 +67,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (probes, sessions, compute, stats, v2):
         app.include_router(module.router)
-    _add_problem_schema(app)
+    _complete_openapi(app)
     return app
 
 
-def _add_problem_schema(app: FastAPI) -> None:
+def _complete_openapi(app: FastAPI) -> None:
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
-                _PROBLEM_SCHEMA
-            )
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {})["Problem"] = _PROBLEM_SCHEMA
+            components["securitySchemes"] = _SECURITY
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -30,7 +30,7 @@ from service.codecs import (
 )
 from service.deps import BackendDep, BodyDep, IdempotencyDep, IfMatchDep, SettingsDep, StoreDep
 from service.errors import MalformedBody
-from service.routes.openapi import PROBLEMS, multi_body, tensor_body, tensor_response
+from service.routes.openapi import PROBLEMS, headers, multi_body, tensor_body, tensor_response
 from service.stores.base import Replay, Session
 from service.views import etag, json_replay, rendered, to_response
 
@@ -74,7 +74,10 @@ def transform(session_id: str, body: BodyDep, store: StoreDep, backend: BackendD
 @router.post(
     "/fit",
     summary="Train-mode forward: normalize with batch statistics and update the running ones",
-    openapi_extra=tensor_body("A batch with more than one value per channel, JSON or .npy"),
+    openapi_extra={
+        **tensor_body("A batch with more than one value per channel, JSON or .npy"),
+        **headers("If-Match", "Idempotency-Key"),
+    },
     responses=tensor_response(
         "The normalized batch (JSON adds `batch` statistics and `num_batches_tracked`); with "
         "`?output=false` only the statistics, as JSON. In .npy answers the batch mean and "
@@ -168,10 +171,13 @@ def _require(tensors: dict[str, Array], name: str) -> Array:
 @router.post(
     "/backward",
     summary="Gradients dL/dx, dL/dweight, dL/dbias; with lr an SGD step on weight and bias",
-    openapi_extra=multi_body(
-        "The forward input and dL/dy of the same shape",
-        {"data": "forward input x", "grad_output": "dL/dy, same shape as data"},
-    ),
+    openapi_extra={
+        **multi_body(
+            "The forward input and dL/dy of the same shape",
+            {"data": "forward input x", "grad_output": "dL/dy, same shape as data"},
+        ),
+        **headers("If-Match", "Idempotency-Key"),
+    },
     responses={
         200: {"description": "grad_input, grad_weight, grad_bias (JSON or safetensors)"},
         **PROBLEMS,

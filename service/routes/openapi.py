@@ -22,6 +22,29 @@ _NPY = {
 _SAFETENSORS = {"schema": {"type": "string", "format": "binary", "description": "safetensors file"}}
 
 
+_HEADERS = {
+    "If-Match": 'Apply only if the session is at this version (its ETag, e.g. "3"); else 412',
+    "Idempotency-Key": "A retry with the same key returns the first answer and changes nothing; "
+    "the same key with another body is 422",
+}
+
+
+def headers(*names: str) -> dict[str, Any]:
+    """``openapi_extra`` documenting request headers the dependencies read from the request."""
+    return {
+        "parameters": [
+            {
+                "name": n,
+                "in": "header",
+                "required": False,
+                "description": _HEADERS[n],
+                "schema": {"type": "string"},
+            }
+            for n in names
+        ]
+    }
+
+
 def tensor_body(description: str) -> dict[str, Any]:
     """``openapi_extra`` for a route that reads one tensor as JSON or .npy."""
     return {

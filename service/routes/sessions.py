@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 import bncore
 from service.deps import BackendDep, IdempotencyDep, IfMatchDep, StoreDep
-from service.routes.openapi import PROBLEMS
+from service.routes.openapi import PROBLEMS, headers
 from service.stores.base import Replay, Session
 from service.views import etag, json_replay, rendered, session_view, to_response
 
@@ -45,7 +45,13 @@ def _view_replay(session: Session, code: int = 200) -> Replay:
     return json_replay(session_view(session), code, headers)
 
 
-@router.post("", status_code=201, summary="Create a session", responses=PROBLEMS)
+@router.post(
+    "",
+    status_code=201,
+    summary="Create a session",
+    responses=PROBLEMS,
+    openapi_extra=headers("Idempotency-Key"),
+)
 def create_session(
     spec: CreateSession, store: StoreDep, backend: BackendDep, idem: IdempotencyDep
 ) -> Response:
@@ -79,14 +85,23 @@ def get_session(session_id: str, store: StoreDep) -> Response:
     return to_response(_view_replay(store.get(session_id)))
 
 
-@router.delete("/{session_id}", status_code=204, summary="Delete a session", responses=PROBLEMS)
+@router.delete(
+    "/{session_id}",
+    status_code=204,
+    summary="Delete a session",
+    responses=PROBLEMS,
+    openapi_extra=headers("If-Match"),
+)
 def delete_session(session_id: str, store: StoreDep, if_match: IfMatchDep) -> Response:
     store.delete(session_id, if_match)
     return Response(status_code=204)
 
 
 @router.post(
-    "/{session_id}/reset", summary="Reset running statistics and population", responses=PROBLEMS
+    "/{session_id}/reset",
+    summary="Reset running statistics and population",
+    responses=PROBLEMS,
+    openapi_extra=headers("If-Match"),
 )
 def reset_session(
     session_id: str,

@@ -25,7 +25,7 @@ from service.codecs import (
 )
 from service.deps import BodyDep, IfMatchDep, StoreDep
 from service.errors import MalformedBody
-from service.routes.openapi import PROBLEMS
+from service.routes.openapi import PROBLEMS, headers
 from service.stores.base import Replay, Session
 from service.views import etag, json_replay, rendered, to_response
 
@@ -174,13 +174,14 @@ def apply_import(state: bncore.BNState, values: dict[str, Any]) -> bncore.BNStat
     "/stats",
     summary="Import (restore) statistics: what GET /stats exports, in JSON or safetensors",
     openapi_extra={
+        **headers("If-Match"),
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {"schema": StatsImport.model_json_schema()},
                 "application/x-safetensors": {"schema": {"type": "string", "format": "binary"}},
             },
-        }
+        },
     },
     responses=PROBLEMS,
 )

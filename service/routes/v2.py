@@ -12,6 +12,7 @@ import bncore
 from service import __version__
 from service.deps import BackendDep, BodyDep, IdempotencyDep, RawStoreDep, StoreDep
 from service.errors import ServiceError, StoreUnavailable
+from service.routes.openapi import headers
 from service.stores.base import Replay, Session
 from service.v2codec import INPUT, OUTPUT, InferRequest, datatype, decode_infer, encode_infer
 from service.views import json_replay, rendered, to_response
@@ -77,6 +78,7 @@ def model_ready(session_id: str, store: StoreDep, version: str | None = None) ->
 
 
 _INFER_DOC: dict[str, Any] = {
+    **headers("Idempotency-Key"),
     "requestBody": {
         "required": True,
         "description": "A V2 inference request: JSON, or JSON followed by raw tensor bytes whose "
@@ -86,7 +88,7 @@ _INFER_DOC: dict[str, Any] = {
             "application/json": {"schema": {"type": "object"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
-    }
+    },
 }
 
 

@@ -67,6 +67,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._cache: OrderedDict[str, Session] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._writer = threading.Lock()
         self._cache_size = 1024
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
@@ -89,17 +90,20 @@ class SQLiteStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"sqlite store busy: {exc}") from None
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        # SQLite admits one writer at a time and makes the others poll with sleeps of 1 ms and
+        # more; queueing this process's writers on a lock first hands over without sleeping.
+        with self._writer:
+            db = self._db()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"sqlite store busy: {exc}") from None
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def _session(
         self, row: tuple[str, str | None, int, bytes, float, float, str | None]

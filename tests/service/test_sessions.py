@@ -158,6 +158,9 @@ def test_openapi_documents_every_route_and_binary_bodies(client: TestClient) -> 
         "/readyz",
     ):
         assert path in paths, path
-    fit_body = paths["/v1/sessions/{session_id}/fit"]["post"]["requestBody"]["content"]
-    assert set(fit_body) == {"application/json", "application/x-npy"}
+    fit = paths["/v1/sessions/{session_id}/fit"]["post"]
+    assert set(fit["requestBody"]["content"]) == {"application/json", "application/x-npy"}
+    names = {p["name"] for p in fit["parameters"]}
+    assert {"session_id", "output", "If-Match", "Idempotency-Key"} <= names
+    assert set(spec["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     assert "Problem" in spec["components"]["schemas"]
