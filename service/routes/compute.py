@@ -39,18 +39,16 @@ router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["compute"])
 Array = Any
 
 
-def _host(a: Any) -> np.ndarray[Any, Any]:
-    return bncore.to_host(a)
-
-
 def _tensor_replay(media: str, y: Array, headers: dict[str, str], extra: dict[str, Any]) -> Replay:
     if media == NPY:
-        return Replay(200, NPY, encode_npy(_host(y)), headers)
-    return Replay(200, JSON, dumps({**tensor_json(_host(y)), **extra}), headers)
+        return Replay(200, NPY, encode_npy(bncore.to_host(y)), headers)
+    return Replay(200, JSON, dumps({**tensor_json(bncore.to_host(y)), **extra}), headers)
 
 
 def _b64(values: Any) -> str:
-    return base64.b64encode(np.ascontiguousarray(_host(values), dtype="<f8").tobytes()).decode()
+    return base64.b64encode(
+        np.ascontiguousarray(bncore.to_host(values), dtype="<f8").tobytes()
+    ).decode()
 
 
 @router.post(
@@ -115,9 +113,9 @@ def fit(
     def render(session: Session, result: bncore.FitResult) -> Replay:
         batch = result.batch
         stats = {
-            "mean": _host(batch.mean),
-            "var": _host(batch.var),
-            "count": int(_host(batch.count).max()),
+            "mean": bncore.to_host(batch.mean),
+            "var": bncore.to_host(batch.var),
+            "count": int(bncore.to_host(batch.count).max()),
         }
         headers = {
             "ETag": etag(session.version),
@@ -212,7 +210,7 @@ def backward(
             "grad_weight": grads.grad_weight,
             "grad_bias": grads.grad_bias,
         }
-        present = {k: _host(v) for k, v in named.items() if v is not None}
+        present = {k: bncore.to_host(v) for k, v in named.items() if v is not None}
         if answer == SAFETENSORS:
             return Replay(200, SAFETENSORS, encode_safetensors(present), headers)
         doc: dict[str, Any] = {k: v for k, v in present.items() if k != "grad_input"}
@@ -251,10 +249,12 @@ def fold(session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep) -
             Replay(
                 200,
                 SAFETENSORS,
-                encode_safetensors({"weight": _host(fw), "bias": _host(fb)}),
+                encode_safetensors({"weight": bncore.to_host(fw), "bias": bncore.to_host(fb)}),
                 headers,
             )
         )
     return to_response(
-        json_replay({"weight": tensor_json(_host(fw)), "bias": _host(fb)}, headers=headers)
+        json_replay(
+            {"weight": tensor_json(bncore.to_host(fw)), "bias": bncore.to_host(fb)}, headers=headers
+        )
     )
