@@ -54,10 +54,6 @@ class NotAcceptable(ServiceError):
     status, slug, title = 406, "not-acceptable", "No acceptable response format"
 
 
-class IdempotencyInProgress(ServiceError):
-    status, slug, title = 409, "idempotency-in-progress", "Request with this key is in progress"
-
-
 class PreconditionFailed(ServiceError):
     status, slug, title = 412, "precondition-failed", "Session version does not match If-Match"
 
@@ -89,22 +85,30 @@ ENGINE_ERRORS: dict[type[bncore.BNError], tuple[int, str, str]] = {
 }
 
 
-def problem(
-    request: Request, status: int, slug: str, title: str, detail: str, **extra: Any
-) -> Response:
+def problem_body(status: int, slug: str, title: str, detail: str, path: str, **extra: Any) -> bytes:
     """The one error body: RFC 9457 members plus ``error`` (what V2 clients read)."""
-    if request.url.path.startswith("/v2/") and status in (422,):
-        status = 400  # the V2 protocol reports bad input as 400
     body = {
         "type": f"urn:bnaas:problem:{slug}",
         "title": title,
         "status": status,
         "detail": detail,
-        "instance": request.url.path,
+        "instance": path,
         "error": detail,
         **extra,
     }
-    return Response(orjson.dumps(body), status, media_type=PROBLEM_JSON)
+    return orjson.dumps(body)
+
+
+def problem(
+    request: Request, status: int, slug: str, title: str, detail: str, **extra: Any
+) -> Response:
+    """A problem+json response; on V2 routes bad input is 400, as that protocol has it."""
+    path = request.url.path
+    if status == 422 and path.startswith("/v2/"):
+        status = 400
+    return Response(
+        problem_body(status, slug, title, detail, path, **extra), status, media_type=PROBLEM_JSON
+    )
 
 
 def _service_error(request: Request, exc: Exception) -> Response:

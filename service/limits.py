@@ -3,10 +3,9 @@ when Content-Length says too much, and while streaming when it does not."""
 
 from __future__ import annotations
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PROBLEM_JSON, BodyTooLarge
+from service.errors import PROBLEM_JSON, BodyTooLarge, MalformedBody, problem_body
 
 
 class BodyLimit:
@@ -46,25 +45,12 @@ class BodyLimit:
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
-        slug, title = (
-            ("body-too-large", "Request body too large")
-            if status == 413
-            else ("malformed-request", "Malformed request")
-        )
-        body = orjson.dumps(
-            {
-                "type": f"urn:bnaas:problem:{slug}",
-                "title": title,
-                "status": status,
-                "detail": detail,
-                "instance": scope.get("path", ""),
-                "error": detail,
-            }
-        )
+        kind = BodyTooLarge if status == 413 else MalformedBody
+        body = problem_body(status, kind.slug, kind.title, detail, scope.get("path", ""))
         headers = [
             (b"content-type", PROBLEM_JSON.encode()),
             (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),  # the unread body must not be taken for the next request
         ]
-        headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
