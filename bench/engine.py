@@ -3,7 +3,8 @@
     python bench/engine.py [--repeat 7]
 
 For each float32 shape: fit (train-mode forward + running update) and transform (inference),
-ours vs ``torch.nn.functional.batch_norm`` with as many threads as cores, best of --repeat;
+ours vs ``torch.nn.functional.batch_norm`` with as many threads as cores, best of --repeat
+loops of at least 20 ms;
 GB/s counts one read of x and one write of y, next to a NumPy copy of the same array.
 """
 
@@ -32,12 +33,17 @@ FLOORS = {(65536, 512): 1.0, (32, 64, 56, 56): 1.0}
 
 
 def best(fn: Callable[[], Any], repeat: int) -> float:
+    """Seconds per call: the best of ``repeat`` timings of a loop long enough (>= 20 ms) for
+    the clock and this noisy machine, so microsecond calls are measured as well as big ones."""
+    start = time.perf_counter()
     fn()
+    loops = max(1, int(0.02 / max(time.perf_counter() - start, 1e-7)))
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
+        for _ in range(loops):
+            fn()
+        times.append((time.perf_counter() - t) / loops)
     return min(times)
 
 

@@ -63,52 +63,72 @@ static int check_shape(Input *in, Py_ssize_t a, Py_ssize_t c, Py_ssize_t b, Py_s
 #define KERNEL
 #endif
 
-/* Two passes over the rows: mean, then sum of squared deviations (never E[x^2] - E[x]^2). */
+/* One read of memory: each cache-sized piece (a block of rows, or one (row, channel) plane)
+ * gets an exact two-pass mean and M2 while it is in cache, and pieces are folded into the
+ * per-channel totals with Chan's pairwise update (never E[x^2] - E[x]^2). */
+#define BLOCK_ELEMS 65536
+
+static inline void chan_merge(double *mean, double *m2, double n, double bmean, double bm2,
+                              double nb) {
+    const double tot = n + nb, delta = bmean - *mean;
+    *mean += delta * (nb / tot);
+    *m2 += bm2 + delta * delta * (n * nb / tot);
+}
+
 #define MOMENTS_LOOP(T)                                                                     \
     do {                                                                                    \
-        for (Py_ssize_t i = row0; i < row1; i++) {                                          \
-            const T *row = x + i * c * b;                                                   \
-            if (b == 1) {                                                                   \
-                for (Py_ssize_t j = 0; j < c; j++) mean[j] += (double)row[j];              \
-            } else {                                                                        \
-                for (Py_ssize_t j = 0; j < c; j++) {                                        \
-                    const T *p = row + j * b;                                               \
-                    double s = 0.0;                                                         \
-                    for (Py_ssize_t k = 0; k < b; k++) s += (double)p[k];                  \
-                    mean[j] += s;                                                           \
+        double seen = 0.0;                                                                  \
+        if (b == 1) {                                                                       \
+            Py_ssize_t rows = BLOCK_ELEMS / c;                                              \
+            if (rows < 1) rows = 1;                                                         \
+            for (Py_ssize_t r = row0; r < row1; r += rows) {                                \
+                const Py_ssize_t end = r + rows < row1 ? r + rows : row1;                   \
+                const double nb = (double)(end - r);                                        \
+                for (Py_ssize_t j = 0; j < c; j++) bmean[j] = 0.0, bm2[j] = 0.0;           \
+                for (Py_ssize_t i = r; i < end; i++) {                                      \
+                    const T *row = x + i * c;                                               \
+                    for (Py_ssize_t j = 0; j < c; j++) bmean[j] += (double)row[j];         \
                 }                                                                           \
-            }                                                                               \
-        }                                                                                   \
-        for (Py_ssize_t j = 0; j < c; j++) mean[j] /= (double)n;                           \
-        for (Py_ssize_t i = row0; i < row1; i++) {                                          \
-            const T *row = x + i * c * b;                                                   \
-            if (b == 1) {                                                                   \
-                for (Py_ssize_t j = 0; j < c; j++) {                                        \
-                    double d = (double)row[j] - mean[j];                                    \
-                    m2[j] += d * d;                                                         \
-                }                                                                           \
-            } else {                                                                        \
-                for (Py_ssize_t j = 0; j < c; j++) {                                        \
-                    const T *p = row + j * b;                                               \
-                    const double mu = mean[j];                                              \
-                    double s = 0.0;                                                         \
-                    for (Py_ssize_t k = 0; k < b; k++) {                                    \
-                        double d = (double)p[k] - mu;                                       \
-                        s += d * d;                                                         \
+                for (Py_ssize_t j = 0; j < c; j++) bmean[j] /= nb;                         \
+                for (Py_ssize_t i = r; i < end; i++) {                                      \
+                    const T *row = x + i * c;                                               \
+                    for (Py_ssize_t j = 0; j < c; j++) {                                    \
+                        const double d = (double)row[j] - bmean[j];                         \
+                        bm2[j] += d * d;                                                    \
                     }                                                                       \
-                    m2[j] += s;                                                             \
                 }                                                                           \
+                for (Py_ssize_t j = 0; j < c; j++)                                          \
+                    chan_merge(mean + j, m2 + j, seen, bmean[j], bm2[j], nb);               \
+                seen += nb;                                                                 \
+            }                                                                               \
+        } else {                                                                            \
+            const double nb = (double)b;                                                    \
+            for (Py_ssize_t i = row0; i < row1; i++) {                                      \
+                for (Py_ssize_t j = 0; j < c; j++) {                                        \
+                    const T *p = x + (i * c + j) * b;                                       \
+                    double s = 0.0, q = 0.0;                                                \
+                    for (Py_ssize_t k = 0; k < b; k++) s += (double)p[k];                  \
+                    const double mu = s / nb;                                               \
+                    for (Py_ssize_t k = 0; k < b; k++) {                                    \
+                        const double d = (double)p[k] - mu;                                 \
+                        q += d * d;                                                         \
+                    }                                                                       \
+                    chan_merge(mean + j, m2 + j, seen, mu, q, nb);                          \
+                }                                                                           \
+                seen += nb;                                                                 \
             }                                                                               \
         }                                                                                   \
     } while (0)
 
 KERNEL static void moments_f32(const float *x, Py_ssize_t c, Py_ssize_t b, Py_ssize_t row0,
-                               Py_ssize_t row1, Py_ssize_t n, double *mean, double *m2) {
+                               Py_ssize_t row1, double *mean, double *m2, double *bmean,
+                               double *bm2) {
     MOMENTS_LOOP(float);
 }
 
 KERNEL static void moments_f64(const double *x, Py_ssize_t c, Py_ssize_t b, Py_ssize_t row0,
-                               Py_ssize_t row1, Py_ssize_t n, double *mean, double *m2) {
+                               Py_ssize_t row1, double *mean, double *m2, double *bmean,
+                               double *bm2) {
     MOMENTS_LOOP(double);
 }
 
@@ -124,19 +144,24 @@ static PyObject *moments(PyObject *self, PyObject *args) {
     if (get_doubles(mo, &mv, c, 1) < 0) goto fail_in;
     if (get_doubles(so, &sv, c, 1) < 0) goto fail_mv;
     double *mean = (double *)mv.buf, *m2 = (double *)sv.buf;
-    const Py_ssize_t n = (row1 - row0) * b;
     memset(mean, 0, c * sizeof(double));
     memset(m2, 0, c * sizeof(double));
-    if (n > 0) {
-        Py_BEGIN_ALLOW_THREADS
-        if (in.is_double) moments_f64(in.view.buf, c, b, row0, row1, n, mean, m2);
-        else moments_f32(in.view.buf, c, b, row0, row1, n, mean, m2);
-        Py_END_ALLOW_THREADS
+    double *scratch = PyMem_RawMalloc(2 * c * sizeof(double));  /* one block's mean and M2 */
+    if (scratch == NULL) {
+        PyErr_NoMemory();
+        goto fail_sv;
     }
+    Py_BEGIN_ALLOW_THREADS
+    if (in.is_double) moments_f64(in.view.buf, c, b, row0, row1, mean, m2, scratch, scratch + c);
+    else moments_f32(in.view.buf, c, b, row0, row1, mean, m2, scratch, scratch + c);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(scratch);
     PyBuffer_Release(&sv);
     PyBuffer_Release(&mv);
     PyBuffer_Release(&in.view);
     Py_RETURN_NONE;
+fail_sv:
+    PyBuffer_Release(&sv);
 fail_mv:
     PyBuffer_Release(&mv);
 fail_in:

@@ -96,8 +96,9 @@ def _scale_shift(state: BNState, mean: Array, var: Array) -> tuple[Array, Array]
     xp = namespace(mean)
     scale = 1.0 / xp.sqrt(var + state.config.eps)
     if state.weight is not None and state.bias is not None:
-        scale = scale * state.weight.astype(xp.float64)
-        return scale, state.bias.astype(xp.float64) - mean * scale
+        # float64 (scale, mean) with the buffers' float32 promotes to float64: no casts needed
+        scale = scale * state.weight
+        return scale, state.bias - mean * scale
     return scale, -mean * scale
 
 
@@ -140,8 +141,9 @@ def _update_running(state: BNState, batch: Moments) -> BNState:
     f = 1.0 / tracked if cfg.momentum is None else cfg.momentum
     dt = state.running_mean.dtype
     unbiased = batch.m2 / (batch.count - 1)  # count >= 2: batch_moments checked it
-    rm = f * batch.mean + (1 - f) * state.running_mean.astype(xp.float64)
-    rv = f * unbiased + (1 - f) * state.running_var.astype(xp.float64)
+    # (1 - f) * buffer in float64 (a Python float times a float32 array would stay float32)
+    rm = f * batch.mean + xp.multiply(state.running_mean, 1 - f, dtype=xp.float64)
+    rv = f * unbiased + xp.multiply(state.running_var, 1 - f, dtype=xp.float64)
     return replace(
         state,
         running_mean=rm.astype(dt),
