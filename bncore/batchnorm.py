@@ -93,6 +93,9 @@ def _affine(x3: Array, scale: Array, shift: Array, check: bool = False) -> tuple
 
 def _scale_shift(state: BNState, mean: Array, var: Array) -> tuple[Array, Array]:
     """scale = weight / sqrt(var + eps), shift = bias - mean * scale, in float64."""
+    found = kernels.scale_shift(mean, var, state.config.eps, state.weight, state.bias)
+    if found is not None:
+        return found
     xp = namespace(mean)
     scale = 1.0 / xp.sqrt(var + state.config.eps)
     if state.weight is not None and state.bias is not None:
@@ -132,24 +135,28 @@ def _guard(state: BNState) -> AbstractContextManager[Any]:
 
 def _update_running(state: BNState, batch: Moments) -> BNState:
     """PyTorch's running update: EMA with factor ``momentum`` (or 1/num_batches_tracked) of
-    the mean and the unbiased variance M2 / (n - 1); float64 maths, stored in the buffers' dtype."""
-    cfg = state.config
-    if not cfg.track_running_stats or state.running_mean is None or state.running_var is None:
-        return replace(state, population=state.population.merge(batch))
-    xp = namespace(batch.mean)
-    tracked = state.num_batches_tracked + 1
-    f = 1.0 / tracked if cfg.momentum is None else cfg.momentum
-    dt = state.running_mean.dtype
-    unbiased = batch.m2 / (batch.count - 1)  # count >= 2: batch_moments checked it
-    # (1 - f) * buffer in float64 (a Python float times a float32 array would stay float32)
-    rm = f * batch.mean + xp.multiply(state.running_mean, 1 - f, dtype=xp.float64)
-    rv = f * unbiased + xp.multiply(state.running_var, 1 - f, dtype=xp.float64)
+    the mean and the unbiased variance M2 / (n - 1), in float64, stored in the buffers' dtype;
+    and the batch merged into the population moments. One C call on the CPU, else ``xp``."""
+    rm, rv = state.running_mean, state.running_var
+    tracking = rm is not None and rv is not None  # None exactly when track_running_stats is off
+    tracked = state.num_batches_tracked + int(tracking)
+    momentum = state.config.momentum
+    f = (1.0 / tracked if momentum is None else momentum) if tracking else 0.0
+    found = kernels.update(batch, f, rm, rv, state.population)
+    if found is not None:
+        rm, rv, count, mean, m2 = found
+        population = Moments(count, mean, m2)
+    else:
+        population = state.population.merge(batch)
+        if rm is not None and rv is not None:
+            xp = namespace(batch.mean)
+            unbiased = batch.m2 / (batch.count - 1)  # count >= 2: batch_moments checked it
+            # (1 - f) * buffer in float64 (a Python float times float32 would stay float32)
+            new_rm = f * batch.mean + xp.multiply(rm, 1 - f, dtype=xp.float64)
+            new_rv = f * unbiased + xp.multiply(rv, 1 - f, dtype=xp.float64)
+            rm, rv = new_rm.astype(rm.dtype), new_rv.astype(rv.dtype)
     return replace(
-        state,
-        running_mean=rm.astype(dt),
-        running_var=rv.astype(dt),
-        num_batches_tracked=tracked,
-        population=state.population.merge(batch),
+        state, running_mean=rm, running_var=rv, num_batches_tracked=tracked, population=population
     )
 
 

@@ -6,16 +6,19 @@ a non-contiguous view): the caller then does the same maths with its array names
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bncore.backend import THREADS, Array, is_host, namespace, parallel_map
+
+if TYPE_CHECKING:
+    from bncore.moments import Moments
 
 try:
     from bncore import _cpu
 except ImportError:  # built without a C compiler: the NumPy fallback computes the same
     _cpu = None  # type: ignore[assignment]
 
-__all__ = ["affine", "available", "moments"]
+__all__ = ["affine", "available", "moments", "scale_shift", "update"]
 
 # Below this many elements one thread beats handing rows to the pool (measured: 1M float32).
 _PARALLEL = 1 << 21
@@ -86,3 +89,54 @@ def affine(x3: Array, scale: Array, shift: Array) -> tuple[Array, bool] | None:
         return _cpu.affine(x3, a, c, b, chunk[0], chunk[1], sc, sh, out)
 
     return out, all(parallel_map(run, chunks))
+
+
+def _host_vectors(*arrays: Array | None) -> bool:
+    return _cpu is not None and all(a is None or is_host(namespace(a)) for a in arrays)
+
+
+def scale_shift(
+    mean: Array, var: Array, eps: float, weight: Array | None, bias: Array | None
+) -> tuple[Array, Array] | None:
+    """weight / sqrt(var + eps) and bias - mean * scale, float64 (C,), in one call."""
+    if not _host_vectors(mean, var, weight, bias):
+        return None
+    xp = namespace(mean)
+    scale, shift = xp.empty_like(mean), xp.empty_like(mean)
+    _cpu.scale_shift(mean, var, eps, weight, bias, scale, shift)
+    return scale, shift
+
+
+def update(
+    batch: Moments,
+    f: float,
+    running_mean: Array | None,
+    running_var: Array | None,
+    population: Moments,
+) -> tuple[Array | None, Array | None, Array, Array, Array] | None:
+    """The running EMA with factor ``f`` (None buffers: not tracked) and the population merged
+    with the batch (count, mean, M2), in one call; the formulas of ``batchnorm._update_running``
+    and ``Moments.merge``."""
+    if not _host_vectors(batch.mean, running_mean, population.mean):
+        return None
+    xp = namespace(batch.mean)
+    rm = None if running_mean is None else xp.empty_like(running_mean)
+    rv = None if running_var is None else xp.empty_like(running_var)
+    count, mean, m2 = (xp.empty_like(batch.mean) for _ in range(3))
+    _cpu.update(
+        batch.mean,
+        batch.m2,
+        batch.count,
+        f,
+        running_mean,
+        running_var,
+        rm,
+        rv,
+        population.count,
+        population.mean,
+        population.m2,
+        count,
+        mean,
+        m2,
+    )
+    return rm, rv, count, mean, m2

@@ -93,3 +93,44 @@ def test_kernel_argument_errors_are_python_exceptions() -> None:
         _cpu.moments(np.ones((4, 3), np.int32), 4, 3, 1, 0, 4, np.empty(3), np.empty(3))
     with pytest.raises(ValueError, match="float64 values"):
         _cpu.moments(x, 4, 3, 1, 0, 4, np.empty(2), np.empty(3))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_scale_shift_matches_the_numpy_formula(dtype: str, affine: bool) -> None:
+    rng = np.random.default_rng(4)
+    mean, var = rng.normal(0, 3, 7), rng.uniform(0, 2, 7)
+    w = rng.uniform(0.5, 2, 7).astype(dtype) if affine else None
+    b = rng.normal(0, 1, 7).astype(dtype) if affine else None
+    found = kernels.scale_shift(mean, var, 1e-3, w, b)
+    assert found is not None
+    scale = 1.0 / np.sqrt(var + 1e-3) * (w if w is not None else 1.0)
+    np.testing.assert_array_equal(found[0], scale)
+    np.testing.assert_array_equal(found[1], (b if b is not None else 0.0) - mean * scale)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("tracked", [True, False])
+def test_update_matches_the_numpy_ema_and_chan_merge(dtype: str, tracked: bool) -> None:
+    rng = np.random.default_rng(5)
+    batch = bn.Moments(np.full(6, 10.0), rng.normal(0, 1, 6), rng.uniform(1, 5, 6))
+    population = bn.Moments(
+        rng.uniform(0, 50, 6).round(), rng.normal(0, 1, 6), rng.uniform(0, 9, 6)
+    )
+    rm = rng.normal(0, 1, 6).astype(dtype) if tracked else None
+    rv = rng.uniform(0.5, 2, 6).astype(dtype) if tracked else None
+    found = kernels.update(batch, 0.3, rm, rv, population)
+    assert found is not None
+    new_rm, new_rv, count, mean, m2 = found
+    merged = population.merge(batch)
+    np.testing.assert_array_equal(count, merged.count)
+    np.testing.assert_array_equal(mean, merged.mean)
+    np.testing.assert_array_equal(m2, merged.m2)
+    if rm is None or rv is None:
+        assert new_rm is None and new_rv is None
+        return
+    assert new_rm.dtype == np.dtype(dtype)
+    expected_rm = 0.3 * batch.mean + rm.astype(np.float64) * 0.7
+    expected_rv = 0.3 * batch.m2 / 9 + rv.astype(np.float64) * 0.7
+    np.testing.assert_array_equal(new_rm, expected_rm.astype(dtype))
+    np.testing.assert_array_equal(new_rv, expected_rv.astype(dtype))
