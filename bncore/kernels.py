@@ -41,7 +41,9 @@ def _applies(x3: Array) -> bool:
 
 def _chunks(a: int, size: int) -> list[tuple[int, int]]:
     """Row ranges, one per thread for big arrays, else one."""
-    parts = min(THREADS, a) if size >= _PARALLEL else 1
+    if size < _PARALLEL:
+        return [(0, a)]
+    parts = min(THREADS, a)
     bounds = [a * k // parts for k in range(parts + 1)]
     return [(bounds[k], bounds[k + 1]) for k in range(parts) if bounds[k] < bounds[k + 1]]
 
@@ -91,15 +93,16 @@ def affine(x3: Array, scale: Array, shift: Array) -> tuple[Array, bool] | None:
     return out, all(parallel_map(run, chunks))
 
 
-def _host_vectors(*arrays: Array | None) -> bool:
-    return _cpu is not None and all(a is None or is_host(namespace(a)) for a in arrays)
+def _host_vector(a: Array) -> bool:
+    # A state's vectors all live in one namespace: one of them tells for all.
+    return _cpu is not None and is_host(namespace(a))
 
 
 def scale_shift(
     mean: Array, var: Array, eps: float, weight: Array | None, bias: Array | None
 ) -> tuple[Array, Array] | None:
     """weight / sqrt(var + eps) and bias - mean * scale, float64 (C,), in one call."""
-    if not _host_vectors(mean, var, weight, bias):
+    if not _host_vector(mean):
         return None
     xp = namespace(mean)
     scale, shift = xp.empty_like(mean), xp.empty_like(mean)
@@ -117,12 +120,16 @@ def update(
     """The running EMA with factor ``f`` (None buffers: not tracked) and the population merged
     with the batch (count, mean, M2), in one call; the formulas of ``batchnorm._update_running``
     and ``Moments.merge``."""
-    if not _host_vectors(batch.mean, running_mean, population.mean):
+    if not _host_vector(batch.mean):
         return None
     xp = namespace(batch.mean)
     rm = None if running_mean is None else xp.empty_like(running_mean)
     rv = None if running_var is None else xp.empty_like(running_var)
-    count, mean, m2 = (xp.empty_like(batch.mean) for _ in range(3))
+    count, mean, m2 = (
+        xp.empty_like(batch.mean),
+        xp.empty_like(batch.mean),
+        xp.empty_like(batch.mean),
+    )
     _cpu.update(
         batch.mean,
         batch.m2,
