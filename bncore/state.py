@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from types import ModuleType
 from typing import Any, Literal
 
@@ -65,8 +66,8 @@ class BNConfig:
             raise ConfigError(f"nan_policy must be one of {_POLICIES}, got {self.nan_policy!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict of every field."""
-        return asdict(self)
+        """Plain JSON-ready dict of every field (all are scalars: no deep copy needed)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BNConfig:
@@ -193,7 +194,7 @@ def state_to_bytes(state: BNState) -> bytes:
     pop = host.population
     arrays += [("pop_count", pop.count), ("pop_mean", pop.mean), ("pop_m2", pop.m2)]
     header = {
-        "config": state.config.to_dict(),
+        "config": _config_json(state.config),
         "num_batches_tracked": state.num_batches_tracked,
         "arrays": [[name, a.dtype.newbyteorder("<").str] for name, a in arrays],
     }
@@ -201,6 +202,12 @@ def state_to_bytes(state: BNState) -> bytes:
     parts = [_MAGIC, struct.pack("<I", len(head)), head]
     parts += [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for _, a in arrays]
     return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _config_json(config: BNConfig) -> dict[str, Any]:
+    # Every fit writes a record; configs are few and immutable.
+    return config.to_dict()
 
 
 def state_from_bytes(data: bytes, xp: ModuleType = np) -> BNState:

@@ -261,6 +261,7 @@ class SQLiteStore:
             self._remember(
                 db, session_id, idem, render(current, result) if render and idem else None
             )
+        self._remember_session(current)  # committed: later reads skip decoding this version
         return current, result
 
     def ping(self) -> None:
