@@ -49,8 +49,9 @@ def _chunks(a: int, size: int) -> list[tuple[int, int]]:
 
 
 def moments(x3: Array) -> tuple[Array, Array] | None:
-    """Per-channel mean and M2 (float64) of a (A, C, B) array: two passes in double per row
-    range, row ranges merged with Chan's formula in closed form."""
+    """Per-channel mean and M2 (float64) of a (A, C, B) array. In C, each cache-sized piece
+    gets an exact two-pass mean and M2 in double, folded in with Chan's update; the threads'
+    row ranges are merged here with Chan's formula in closed form."""
     if not _applies(x3) or x3.shape[0] == 0:
         return None
     xp = namespace(x3)
