@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from bncore import kernels
 from service.deps import BackendDep, RawStoreDep
 from service.errors import StoreUnavailable
 from service.views import json_replay, to_response
@@ -25,9 +26,13 @@ def readyz(store: RawStoreDep, backend: BackendDep) -> Response:
     except StoreUnavailable as exc:
         doc = {"status": "unavailable", "detail": exc.detail, "error": exc.detail}
         return to_response(json_replay(doc, 503, {"Retry-After": "1"}))
-    return to_response(
-        json_replay({"status": "ready", "backend": backend.name, "backend_reason": backend.reason})
-    )
+    doc = {
+        "status": "ready",
+        "backend": backend.name,
+        "backend_reason": backend.reason,
+        "cpu_kernels": kernels.available(),  # False: built without a C compiler (NumPy path)
+    }
+    return to_response(json_replay(doc))
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -138,6 +138,7 @@ def test_probes_and_metrics(client: TestClient) -> None:
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready"
     assert ready["backend"] == "numpy"
+    assert ready["cpu_kernels"] is True
     metrics = client.get("/metrics").text
     assert 'bnaas_requests_total{method="GET",route="/readyz",status="200"} 1.0' in metrics
 
