@@ -26,7 +26,7 @@ def readyz(store: RawStoreDep, backend: BackendDep) -> Response:
     except StoreUnavailable as exc:
         doc = {"status": "unavailable", "detail": exc.detail, "error": exc.detail}
         return to_response(json_replay(doc, 503, {"Retry-After": "1"}))
-    doc = {
+    doc: dict[str, str | bool] = {
         "status": "ready",
         "backend": backend.name,
         "backend_reason": backend.reason,
