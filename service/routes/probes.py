@@ -24,8 +24,8 @@ def readyz(store: RawStoreDep, backend: BackendDep) -> Response:
     try:
         store.ping()
     except StoreUnavailable as exc:
-        doc = {"status": "unavailable", "detail": exc.detail, "error": exc.detail}
-        return to_response(json_replay(doc, 503, {"Retry-After": "1"}))
+        down = {"status": "unavailable", "detail": exc.detail, "error": exc.detail}
+        return to_response(json_replay(down, 503, {"Retry-After": "1"}))
     doc: dict[str, str | bool] = {
         "status": "ready",
         "backend": backend.name,
