@@ -115,13 +115,13 @@ THREADS = _cpu_count()
 
 
 def parallel_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """Map ``fn`` over ``items`` on a shared pool of one thread per core.
-
-    NumPy releases the GIL inside its loops, so blocked kernels scale with cores.
-    """
+    """Map ``fn`` over ``items``: the first in the calling thread, the rest on a shared pool
+    (the C kernels release the GIL, so they scale with cores)."""
     global _pool
     if len(items) <= 1 or THREADS <= 1:
         return [fn(i) for i in items]
     if _pool is None:
-        _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="bncore")
-    return list(_pool.map(fn, items))
+        _pool = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="bncore")
+    rest = [_pool.submit(fn, i) for i in items[1:]]
+    first = fn(items[0])
+    return [first, *(f.result() for f in rest)]

@@ -20,8 +20,8 @@ except ImportError:  # built without a C compiler: the NumPy fallback computes t
 
 __all__ = ["affine", "available", "moments", "scale_shift", "update"]
 
-# Below this many elements one thread beats handing rows to the pool (measured: 1M float32).
-_PARALLEL = 1 << 21
+# Below this many elements one thread beats handing rows to a second thread (measured).
+_PARALLEL = 1 << 20
 
 
 def available() -> bool:
