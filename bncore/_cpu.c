@@ -8,6 +8,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 typedef struct {
@@ -206,6 +207,48 @@ KERNEL static int affine_f32(const float *x, float *y, Py_ssize_t c, Py_ssize_t 
     AFFINE_LOOP(float);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define HAVE_STREAM 1
+/* Planes of float32 (channel axis 1 with spatial size b): streaming stores write y without
+ * first reading its cache lines, a third less memory traffic on a memory-bound loop. */
+__attribute__((target("avx2"))) static int affine_planes_f32_stream(
+    const float *x, float *y, Py_ssize_t c, Py_ssize_t b, Py_ssize_t row0, Py_ssize_t row1,
+    const double *scale, const double *shift) {
+    __m256 acc = _mm256_setzero_ps();
+    float tail = 0.0f;
+    for (Py_ssize_t i = row0; i < row1; i++) {
+        for (Py_ssize_t j = 0; j < c; j++) {
+            const float s = (float)scale[j], t = (float)shift[j];
+            const float *p = x + (i * c + j) * b;
+            float *q = y + (i * c + j) * b;
+            Py_ssize_t k = 0;
+            for (; k < b && ((uintptr_t)(q + k) & 31u) != 0; k++) {
+                const float v = p[k] * s + t;
+                q[k] = v;
+                tail += v;
+            }
+            const __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(t);
+            for (; k + 8 <= b; k += 8) {
+                const __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p + k), vs), vt);
+                _mm256_stream_ps(q + k, v);
+                acc = _mm256_add_ps(acc, v);
+            }
+            for (; k < b; k++) {
+                const float v = p[k] * s + t;
+                q[k] = v;
+                tail += v;
+            }
+        }
+    }
+    _mm_sfence();
+    float lanes[8];
+    _mm256_storeu_ps(lanes, acc);
+    for (int l = 0; l < 8; l++) tail += lanes[l];
+    return isfinite(tail);
+}
+#endif
+
 KERNEL static int affine_f64(const double *x, double *y, Py_ssize_t c, Py_ssize_t b,
                              Py_ssize_t row0, Py_ssize_t row1, const double *scale,
                              const double *shift) {
@@ -233,6 +276,10 @@ static PyObject *affine(PyObject *self, PyObject *args) {
     const double *scale = (const double *)sv.buf, *shift = (const double *)tv.buf;
     Py_BEGIN_ALLOW_THREADS
     if (in.is_double) finite = affine_f64(in.view.buf, out.view.buf, c, b, row0, row1, scale, shift);
+#ifdef HAVE_STREAM
+    else if (b >= 64 && __builtin_cpu_supports("avx2"))
+        finite = affine_planes_f32_stream(in.view.buf, out.view.buf, c, b, row0, row1, scale, shift);
+#endif
     else finite = affine_f32(in.view.buf, out.view.buf, c, b, row0, row1, scale, shift);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&tv);
