@@ -75,21 +75,20 @@ def moments(x3: Array) -> tuple[Array, Array] | None:
 
 
 def affine(x3: Array, scale: Array, shift: Array) -> tuple[Array, bool] | None:
-    """y = x * scale + shift per channel in x's dtype (scale, shift: float64 (C,)), and
-    whether every y is finite."""
+    """y = x * scale + shift per channel in x's dtype, and whether every y is finite.
+
+    ``scale`` and ``shift`` are contiguous float64 (C,) vectors (the C side checks it)."""
     if not _applies(x3):
         return None
     xp = namespace(x3)
     a, c, b = x3.shape
     out = xp.empty_like(x3)
-    sc = xp.ascontiguousarray(scale, dtype=xp.float64)
-    sh = xp.ascontiguousarray(shift, dtype=xp.float64)
     chunks = _chunks(a, x3.size)
     if len(chunks) == 1:
-        return out, _cpu.affine(x3, a, c, b, 0, a, sc, sh, out)
+        return out, _cpu.affine(x3, a, c, b, 0, a, scale, shift, out)
 
     def run(chunk: tuple[int, int]) -> Any:
-        return _cpu.affine(x3, a, c, b, chunk[0], chunk[1], sc, sh, out)
+        return _cpu.affine(x3, a, c, b, chunk[0], chunk[1], scale, shift, out)
 
     return out, all(parallel_map(run, chunks))
 
