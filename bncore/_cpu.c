@@ -157,10 +157,12 @@ static PyObject *moments(PyObject *self, PyObject *args) {
     else moments_f32(in.view.buf, c, b, row0, row1, mean, m2, scratch, scratch + c);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(scratch);
+    int finite = 1; /* M2 is NaN or Inf exactly when a value of its channel is */
+    for (Py_ssize_t j = 0; j < c; j++) finite &= isfinite(m2[j]) != 0;
     PyBuffer_Release(&sv);
     PyBuffer_Release(&mv);
     PyBuffer_Release(&in.view);
-    Py_RETURN_NONE;
+    return PyBool_FromLong(finite);
 fail_sv:
     PyBuffer_Release(&sv);
 fail_mv:
@@ -441,8 +443,8 @@ fail:
 
 static PyMethodDef methods[] = {
     {"moments", moments, METH_VARARGS,
-     "moments(x, a, c, b, row0, row1, mean_out, m2_out): per-channel mean and M2 (float64) "
-     "of rows [row0, row1) of x viewed as (a, c, b)."},
+     "moments(x, a, c, b, row0, row1, mean_out, m2_out) -> bool: per-channel mean and M2 "
+     "(float64) of rows [row0, row1) of x viewed as (a, c, b); True when every M2 is finite."},
     {"affine", affine, METH_VARARGS,
      "affine(x, a, c, b, row0, row1, scale, shift, out) -> bool: out = x * scale + shift on "
      "rows [row0, row1); True when every value written is finite."},

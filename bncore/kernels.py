@@ -48,30 +48,31 @@ def _chunks(a: int, size: int) -> list[tuple[int, int]]:
     return [(bounds[k], bounds[k + 1]) for k in range(parts) if bounds[k] < bounds[k + 1]]
 
 
-def moments(x3: Array) -> tuple[Array, Array] | None:
-    """Per-channel mean and M2 (float64) of a (A, C, B) array. In C, each cache-sized piece
-    gets an exact two-pass mean and M2 in double, folded in with Chan's update; the threads'
-    row ranges are merged here with Chan's formula in closed form."""
+def moments(x3: Array) -> tuple[Array, Array, bool] | None:
+    """Per-channel mean and M2 (float64) of a (A, C, B) array, and whether M2 is finite
+    everywhere. In C, each cache-sized piece gets an exact two-pass mean and M2 in double,
+    folded in with Chan's update; the threads' row ranges are merged here in closed form."""
     if not _applies(x3) or x3.shape[0] == 0:
         return None
     xp = namespace(x3)
     a, c, b = x3.shape
     chunks = _chunks(a, x3.size)
+    if len(chunks) == 1:  # small: no pool hand-off
+        mean, m2 = xp.empty(c), xp.empty(c)
+        return mean, m2, _cpu.moments(x3, a, c, b, 0, a, mean, m2)
     means = xp.empty((len(chunks), c))
     m2s = xp.empty((len(chunks), c))
-    if len(chunks) == 1:  # small: no pool hand-off
-        _cpu.moments(x3, a, c, b, 0, a, means[0], m2s[0])
-        return means[0], m2s[0]
 
-    def run(k: int) -> None:
+    def run(k: int) -> bool:
         r0, r1 = chunks[k]
-        _cpu.moments(x3, a, c, b, r0, r1, means[k], m2s[k])
+        return _cpu.moments(x3, a, c, b, r0, r1, means[k], m2s[k])
 
-    parallel_map(run, list(range(len(chunks))))
+    finite = all(parallel_map(run, list(range(len(chunks)))))
     counts = xp.asarray([(r1 - r0) * b for r0, r1 in chunks], dtype=xp.float64)[:, None]
-    mean = (counts * means).sum(axis=0) / counts.sum()
-    dev = means - mean
-    return mean, m2s.sum(axis=0) + (counts * dev * dev).sum(axis=0)
+    with xp.errstate(invalid="ignore", over="ignore"):  # NaN/Inf input: the policy decides
+        mean = (counts * means).sum(axis=0) / counts.sum()
+        dev = means - mean
+        return mean, m2s.sum(axis=0) + (counts * dev * dev).sum(axis=0), finite
 
 
 def affine(x3: Array, scale: Array, shift: Array) -> tuple[Array, bool] | None:

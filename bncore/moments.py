@@ -108,13 +108,15 @@ def _exact_moments(x3: Array) -> tuple[Array, Array]:
     return mean, xp.einsum("ijk,ijk->j", x64, x64)
 
 
-def _dense_moments(x3: Array) -> tuple[Array, Array]:
-    """Mean and M2 per channel: the C kernels on the CPU, else the same maths with ``xp``."""
+def _dense_moments(x3: Array) -> tuple[Array, Array, bool]:
+    """Mean and M2 per channel, and whether M2 is finite everywhere (it is NaN or Inf exactly
+    where the channel holds one): the C kernels on the CPU, else the same maths with ``xp``."""
     found = kernels.moments(x3)
     if found is not None:
         return found
     with _quiet(namespace(x3)):  # inf - inf in the deviations: the NaN policy reports it
-        return _exact_moments(x3)
+        mean, m2 = _exact_moments(x3)
+        return mean, m2, math.isfinite(float(m2.sum()))
 
 
 def _nonfinite_channels(xp: ModuleType, *stats: Array) -> list[int]:
@@ -163,7 +165,7 @@ def batch_moments(x3: Array, nan_policy: NanPolicy = "reject", min_count: int = 
         raise BatchSizeError(
             f"Expected more than 1 value per channel when training, got {n} value(s) per channel"
         )
-    mean, m2 = _dense_moments(x3)
-    if nan_policy == "reject" and not math.isfinite(float(m2.sum())):
+    mean, m2, finite = _dense_moments(x3)
+    if nan_policy == "reject" and not finite:
         raise NonFiniteError(_nonfinite_channels(xp, mean, m2))
     return Moments(xp.full(c, float(n)), mean, m2)

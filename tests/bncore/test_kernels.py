@@ -31,6 +31,17 @@ def test_moments_match_float64_two_pass(shape: tuple[int, int], dtype: str) -> N
     mean, m2 = truth(x3)
     np.testing.assert_allclose(found[0], mean, rtol=1e-12)
     np.testing.assert_allclose(found[1], m2, rtol=1e-10)
+    assert found[2] is True
+
+
+@pytest.mark.parametrize("shape", [(50, 3), (3_000_000, 3)])
+def test_moments_flag_non_finite_channels(shape: tuple[int, int]) -> None:
+    x = np.ones(shape, np.float32)
+    x[-1, 1] = np.inf
+    found = kernels.moments(x.reshape(*shape, 1))
+    assert found is not None
+    assert found[2] is False
+    assert not np.isfinite(found[1][1]) and np.isfinite(found[1][0])
 
 
 def test_large_mean_small_spread_float32_is_exact_to_1e_6() -> None:
