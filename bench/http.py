@@ -1,6 +1,6 @@
 """HTTP throughput of bnaas next to a bare echo route on the same server, same run.
 
-    python bench/http.py [--seconds 6] [--clients 2] [--rounds 3]
+    python bench/http.py [--seconds 10] [--clients 2] [--rounds 5]
 
 Starts ``uvicorn bench.echo_app:app`` (the service app plus echo routes; SQLite store in a
 temporary folder), drives it from client processes with keep-alive connections, and prints
@@ -100,9 +100,9 @@ def v2_binary(a: np.ndarray) -> tuple[bytes, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=6.0, help="per case, all rounds")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per case, all rounds")
     parser.add_argument("--clients", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="bnaas-bench-")
     port = free_port()
