@@ -15,7 +15,7 @@ from typing import Any
 from bncore import kernels
 from bncore.backend import Array, namespace
 from bncore.errors import DTypeError, NonFiniteError, ShapeError, StateError
-from bncore.moments import Moments, _quiet, batch_moments, channels_view
+from bncore.moments import Moments, quiet, batch_moments, channels_view
 from bncore.state import BNState
 
 __all__ = [
@@ -87,7 +87,7 @@ def _affine(x3: Array, scale: Array, shift: Array, check: bool = False) -> tuple
     y = (x3.astype(cdt, copy=False) * sc + sh).astype(x3.dtype, copy=False)
     if not check:
         return y, True
-    with _quiet(xp):
+    with quiet(xp):
         return y, bool(xp.isfinite(y.sum()))
 
 
@@ -129,7 +129,7 @@ def _reject_nonfinite(x3: Array) -> None:
 def _guard(state: BNState) -> AbstractContextManager[Any]:
     """NaN/Inf flow through the arithmetic only under 'propagate': silence NumPy there."""
     if state.config.nan_policy == "propagate":
-        return _quiet(namespace(state.population.mean))
+        return quiet(namespace(state.population.mean))
     return nullcontext()
 
 
@@ -226,7 +226,7 @@ def backward(
         var = state.running_var.astype(xp.float64)
     if cfg.nan_policy == "reject":
         _reject_nonfinite(g3)
-    with _quiet(xp):
+    with quiet(xp):
         invstd = 1.0 / xp.sqrt(var + cfg.eps)
         g = g3.astype(xp.float64)
         xhat = (x3.astype(xp.float64) - mean[:, None]) * invstd[:, None]

@@ -48,7 +48,7 @@ class Moments:
             ) from None
         if not (c.ndim == m.ndim == v.ndim == 1 and c.shape == m.shape == v.shape):
             raise ShapeError("population count, mean and var must be lists of the same length")
-        with _quiet(xp):
+        with quiet(xp):
             m2 = xp.where(c > 0, v * c, 0.0)
             bad = bool((c < 0).any() | (v < 0).any() | xp.isinf(c).any() | xp.isinf(m).any())
             bad |= bool(xp.isinf(m2).any() | xp.isnan(c).any())
@@ -76,7 +76,7 @@ class Moments:
         return Moments(n, mean, m2)
 
 
-def _quiet(xp: ModuleType) -> AbstractContextManager[Any]:
+def quiet(xp: ModuleType) -> AbstractContextManager[Any]:
     """Silence NumPy's divide/invalid warnings where NaN/Inf results are handled explicitly."""
     if is_host(xp):
         return xp.errstate(divide="ignore", invalid="ignore", over="ignore")  # type: ignore[no-any-return]
@@ -114,7 +114,7 @@ def _dense_moments(x3: Array) -> tuple[Array, Array, bool]:
     found = kernels.moments(x3)
     if found is not None:
         return found
-    with _quiet(namespace(x3)):  # inf - inf in the deviations: the NaN policy reports it
+    with quiet(namespace(x3)):  # inf - inf in the deviations: the NaN policy reports it
         mean, m2 = _exact_moments(x3)
         return mean, m2, math.isfinite(float(m2.sum()))
 
@@ -135,7 +135,7 @@ def _omit_moments(x3: Array) -> tuple[Array, Array, Array]:
         raise NonFiniteError(_nonfinite_channels(xp, xp.where(nan, 0.0, x64).sum(axis=(0, 2))))
     count = (~nan).sum(axis=(0, 2)).astype(xp.float64)
     x64[nan] = 0.0
-    with _quiet(xp):
+    with quiet(xp):
         mean = x64.sum(axis=(0, 2)) / count
     x64 -= mean[:, None]
     x64[nan] = 0.0
