@@ -15,7 +15,7 @@ from typing import Any
 from bncore import kernels
 from bncore.backend import Array, namespace
 from bncore.errors import DTypeError, NonFiniteError, ShapeError, StateError
-from bncore.moments import Moments, quiet, batch_moments, channels_view
+from bncore.moments import Moments, batch_moments, channels_view, quiet
 from bncore.state import BNState
 
 __all__ = [
