@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from bncore import BNState
+from service.errors import IdempotencyMismatch, PreconditionFailed
 
 R = TypeVar("R")
 
@@ -49,6 +50,20 @@ class Idempotency:
 
 
 Render = Callable[[Session, R], Replay]
+
+
+def check_version(version: int, if_match: int | None) -> None:
+    """``PreconditionFailed`` unless ``if_match`` is absent or the current ``version``."""
+    if if_match is not None and if_match != version:
+        raise PreconditionFailed(f"session is at version {version}, not {if_match}")
+
+
+def check_fingerprint(idem: Idempotency, stored: str) -> None:
+    """``IdempotencyMismatch`` when a known key comes back with another request."""
+    if stored != idem.fingerprint:
+        raise IdempotencyMismatch(f"Idempotency-Key {idem.key!r} was used with another request")
+
+
 Change = Callable[[Session], tuple[BNState | None, R]]
 
 

@@ -7,8 +7,16 @@ import time
 from dataclasses import replace
 from typing import TypeVar
 
-from service.errors import IdempotencyMismatch, PreconditionFailed, SessionNotFound
-from service.stores.base import Change, Idempotency, Render, Replay, Session
+from service.errors import SessionNotFound
+from service.stores.base import (
+    Change,
+    Idempotency,
+    Render,
+    Replay,
+    Session,
+    check_fingerprint,
+    check_version,
+)
 
 R = TypeVar("R")
 _CREATE = ""  # idempotency scope of session creation
@@ -34,8 +42,7 @@ class MemoryStore:
         hit = self._idem.get((scope, idem.key))
         if hit is None or hit[2] < time.time() - self._ttl:
             return None
-        if hit[0] != idem.fingerprint:
-            raise IdempotencyMismatch(f"Idempotency-Key {idem.key!r} was used with another request")
+        check_fingerprint(idem, hit[0])
         return hit[1]
 
     def _remember(self, scope: str, idem: Idempotency | None, replay: Replay | None) -> None:
@@ -81,10 +88,10 @@ class MemoryStore:
     def delete(self, session_id: str, if_match: int | None = None) -> None:
         with self._lock(session_id):
             current = self.get(session_id)
-            if if_match is not None and if_match != current.version:
-                raise PreconditionFailed(f"session is at version {current.version}, not {if_match}")
+            check_version(current.version, if_match)
             with self._guard:
                 del self._sessions[session_id]
+                self._locks.pop(session_id, None)
                 for k in [k for k in self._idem if k[0] == session_id]:
                     del self._idem[k]
 
@@ -102,8 +109,7 @@ class MemoryStore:
             replay = self._replay(session_id, idem)
             if replay is not None:
                 return replay
-            if if_match is not None and if_match != current.version:
-                raise PreconditionFailed(f"session is at version {current.version}, not {if_match}")
+            check_version(current.version, if_match)
             new_state, result = fn(current)
             if new_state is not None:
                 current = replace(

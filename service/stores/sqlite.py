@@ -22,12 +22,18 @@ import orjson
 
 import bncore
 from service.errors import (
-    IdempotencyMismatch,
-    PreconditionFailed,
     SessionNotFound,
     StoreUnavailable,
 )
-from service.stores.base import Change, Idempotency, Render, Replay, Session
+from service.stores.base import (
+    Change,
+    Idempotency,
+    Render,
+    Replay,
+    Session,
+    check_fingerprint,
+    check_version,
+)
 
 R = TypeVar("R")
 _CREATE = ""  # idempotency scope of session creation
@@ -138,8 +144,7 @@ class SQLiteStore:
         ).fetchone()
         if row is None:
             return None
-        if row[0] != idem.fingerprint:
-            raise IdempotencyMismatch(f"Idempotency-Key {idem.key!r} was used with another request")
+        check_fingerprint(idem, row[0])
         return Replay(row[1], row[2], row[4], orjson.loads(row[3]))
 
     def _remember(
@@ -216,8 +221,7 @@ class SQLiteStore:
             row = db.execute("SELECT version FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None:
                 raise SessionNotFound(session_id)
-            if if_match is not None and if_match != row[0]:
-                raise PreconditionFailed(f"session is at version {row[0]}, not {if_match}")
+            check_version(row[0], if_match)
             db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
             db.execute("DELETE FROM idempotency WHERE scope = ?", (session_id,))
         with self._cache_lock:
@@ -242,8 +246,7 @@ class SQLiteStore:
             if replay is not None:
                 return replay
             current = self._session(row)
-            if if_match is not None and if_match != current.version:
-                raise PreconditionFailed(f"session is at version {current.version}, not {if_match}")
+            check_version(current.version, if_match)
             new_state, result = fn(current)
             if new_state is not None:
                 current = replace(
