@@ -46,9 +46,8 @@ def _tensor_replay(media: str, y: Array, headers: dict[str, str], extra: dict[st
 
 
 def _b64(values: Any) -> str:
-    return base64.b64encode(
-        np.ascontiguousarray(bncore.to_host(values), dtype="<f8").tobytes()
-    ).decode()
+    """Host float64 values as base64 little-endian bytes (the npy answer's stats headers)."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<f8").tobytes()).decode()
 
 
 @router.post(
@@ -112,7 +111,7 @@ def fit(
 
     def render(session: Session, result: bncore.FitResult) -> Replay:
         batch = result.batch
-        stats = {
+        stats: dict[str, Any] = {
             "mean": bncore.to_host(batch.mean),
             "var": bncore.to_host(batch.var),
             "count": int(bncore.to_host(batch.count).max()),
@@ -132,8 +131,8 @@ def fit(
             answer == NPY
             and session.state.config.num_features <= settings.stats_header_max_features
         ):
-            headers["BN-Batch-Mean"] = _b64(batch.mean)
-            headers["BN-Batch-Var"] = _b64(batch.var)
+            headers["BN-Batch-Mean"] = _b64(stats["mean"])
+            headers["BN-Batch-Var"] = _b64(stats["var"])
         return _tensor_replay(answer, result.output, headers, extra)
 
     return rendered(
