@@ -51,7 +51,7 @@ def _chunks(a: int, size: int) -> list[tuple[int, int]]:
 def moments(x3: Array) -> tuple[Array, Array, bool] | None:
     """Per-channel mean and M2 (float64) of a (A, C, B) array, and whether M2 is finite
     everywhere. In C, each cache-sized piece gets an exact two-pass mean and M2 in double,
-    folded in with Chan's update; the threads' row ranges are merged here in closed form."""
+    folded in with Chan's update; the threads' row ranges are merged with ``Moments.merge``."""
     if not _applies(x3) or x3.shape[0] == 0:
         return None
     xp = namespace(x3)
@@ -68,11 +68,13 @@ def moments(x3: Array) -> tuple[Array, Array, bool] | None:
         return _cpu.moments(x3, a, c, b, r0, r1, means[k], m2s[k])
 
     finite = all(parallel_map(run, list(range(len(chunks)))))
-    counts = xp.asarray([(r1 - r0) * b for r0, r1 in chunks], dtype=xp.float64)[:, None]
+    from bncore.moments import Moments  # here, not at the top: moments imports this module
+
+    total = Moments.zeros(c, xp)
     with xp.errstate(invalid="ignore", over="ignore"):  # NaN/Inf input: the policy decides
-        mean = (counts * means).sum(axis=0) / counts.sum()
-        dev = means - mean
-        return mean, m2s.sum(axis=0) + (counts * dev * dev).sum(axis=0), finite
+        for k, (r0, r1) in enumerate(chunks):
+            total = total.merge(Moments(xp.full(c, float((r1 - r0) * b)), means[k], m2s[k]))
+    return total.mean, total.m2, finite
 
 
 def affine(x3: Array, scale: Array, shift: Array) -> tuple[Array, bool] | None:
