@@ -22,10 +22,13 @@ __all__ = [
     "FitResult",
     "Gradients",
     "affine_params",
+    "apply_batch",
     "backward",
+    "batch_stats",
     "check_input",
     "fit",
     "fold",
+    "normalize",
     "transform",
 ]
 
@@ -160,21 +163,44 @@ def _update_running(state: BNState, batch: Moments) -> BNState:
     )
 
 
+def batch_stats(state: BNState, x: Array) -> Moments:
+    """The O(N*C) half of a fit: validate ``x`` and compute its per-channel moments.
+
+    Depends only on the configuration (never on the running statistics), so a service can run
+    it with no lock held and combine the result with whatever state is current later.
+    """
+    x3 = check_input(x, state)
+    with _guard(state):
+        return batch_moments(x3, state.config.nan_policy)
+
+
+def apply_batch(state: BNState, batch: Moments) -> BNState:
+    """The O(C) half of a fit: running statistics, ``num_batches_tracked`` and population
+    moments after ``batch`` (from ``batch_stats``). Pure: ``state`` is not changed."""
+    with _guard(state):
+        return _update_running(state, batch)
+
+
+def normalize(state: BNState, x: Array, batch: Moments) -> Array:
+    """Train-mode output: ``x`` normalized with ``batch``'s (biased) statistics and the
+    state's weight, bias and eps. Same shape and dtype as ``x``."""
+    x3 = check_input(x, state)
+    with _guard(state):
+        y = _affine(x3, *_scale_shift(state, batch.mean, batch.m2 / batch.count))[0]
+    return y.reshape(x.shape)
+
+
 def fit(state: BNState, x: Array, *, output: bool = True) -> tuple[BNState, FitResult]:
     """Train-mode forward: normalize ``x`` with its own (biased) statistics and fold the batch
     into the running statistics and the population moments.
 
-    Raises ``BatchSizeError`` for one value per channel and ``NonFiniteError`` for NaN/Inf
-    under ``nan_policy='reject'``; the given state is never changed.
+    ``batch_stats`` + ``apply_batch`` + ``normalize`` in one call. Raises ``BatchSizeError``
+    for one value per channel and ``NonFiniteError`` for NaN/Inf under
+    ``nan_policy='reject'``; the given state is never changed.
     """
-    x3 = check_input(x, state)
-    with _guard(state):
-        batch = batch_moments(x3, state.config.nan_policy)
-        y = None
-        if output:
-            y = _affine(x3, *_scale_shift(state, batch.mean, batch.m2 / batch.count))[0]
-            y = y.reshape(x.shape)
-        return _update_running(state, batch), FitResult(y, batch)
+    batch = batch_stats(state, x)
+    y = normalize(state, x, batch) if output else None
+    return apply_batch(state, batch), FitResult(y, batch)
 
 
 def transform(state: BNState, x: Array) -> Array:

@@ -32,3 +32,11 @@ class Settings(BaseSettings):
     stats_header_max_features: int = Field(
         1024, ge=0, description="npy fit responses carry batch statistics in headers up to this C"
     )
+
+    # --- HTTP server edge: connection limits, timeouts, access log (service/server.py) ---
+
+    # --- request decoding and authentication (codecs, auth) ---
+
+    # --- stores, commits and history (service/stores, service/commit.py) ---
+
+    # --- observability: metrics and dashboard ---

@@ -1,0 +1,59 @@
+"""Drift of one batch against the running statistics it is about to update, per channel.
+
+With vb = var_B + eps (biased batch variance) and vr = running_var + eps:
+``mean_shift = (mean_B - running_mean) / sqrt(vr)``, ``log_var_ratio = log(vb / vr)`` and
+``kl = KL(N(mean_B, vb) || N(running_mean, vr)) = 0.5 * (log(vr / vb) + (vb + d^2) / vr - 1)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bncore.backend import Array, namespace, to_host
+from bncore.moments import Moments, quiet
+from bncore.state import BNState
+
+__all__ = ["Drift", "drift"]
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Per-channel drift measures, float64 (C,) arrays (NaN where a statistic is NaN)."""
+
+    mean_shift: Array
+    log_var_ratio: Array
+    kl: Array
+
+    def summary(self, top: int = 5) -> dict[str, Any]:
+        """Max and mean over channels, and the ``top`` channels with the largest KL."""
+        kl = to_host(self.kl)
+        shift = abs(to_host(self.mean_shift))
+        ratio = abs(to_host(self.log_var_ratio))
+        with quiet(namespace(kl)):
+            order = (-kl).argsort(kind="stable")[:top]
+            return {
+                "max_kl": float(kl.max()),
+                "mean_kl": float(kl.mean()),
+                "max_abs_mean_shift": float(shift.max()),
+                "max_abs_log_var_ratio": float(ratio.max()),
+                "top_kl_channels": [int(c) for c in order],
+            }
+
+
+def drift(state: BNState, batch: Moments) -> Drift | None:
+    """Drift of ``batch`` against ``state``'s running statistics (None when not tracked)."""
+    rm, rv = state.running_mean, state.running_var
+    if rm is None or rv is None:
+        return None
+    xp = namespace(batch.mean)
+    eps = state.config.eps
+    with quiet(xp):
+        vb = batch.m2 / batch.count + eps
+        vr = rv.astype(xp.float64) + eps
+        d = batch.mean - rm.astype(xp.float64)
+        return Drift(
+            mean_shift=d / xp.sqrt(vr),
+            log_var_ratio=xp.log(vb / vr),
+            kl=0.5 * (xp.log(vr / vb) + (vb + d * d) / vr - 1.0),
+        )
