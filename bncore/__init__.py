@@ -15,6 +15,7 @@ from bncore.batchnorm import (
     transform,
 )
 from bncore.drift import Drift, drift
+from bncore.drift import flags as drift_flags
 from bncore.errors import (
     BatchSizeError,
     BNError,
@@ -55,6 +56,7 @@ __all__ = [
     "channels_view",
     "check_input",
     "drift",
+    "drift_flags",
     "export_state",
     "fit",
     "fold",

@@ -12,9 +12,9 @@ from typing import Any
 
 from bncore.backend import Array, namespace, to_host
 from bncore.moments import Moments, quiet
-from bncore.state import BNState
+from bncore.state import BNConfig, BNState
 
-__all__ = ["Drift", "drift"]
+__all__ = ["Drift", "drift", "flags"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,17 @@ class Drift:
                 "max_abs_log_var_ratio": float(ratio.max()),
                 "top_kl_channels": [int(c) for c in order],
             }
+
+
+def flags(config: BNConfig, summary: dict[str, Any]) -> list[str]:
+    """The session's drift thresholds that a fit's ``Drift.summary()`` exceeds (empty: none)."""
+    out = []
+    if config.drift_max_kl is not None and summary["max_kl"] > config.drift_max_kl:
+        out.append("kl")
+    shift = config.drift_max_mean_shift
+    if shift is not None and summary["max_abs_mean_shift"] > shift:
+        out.append("mean_shift")
+    return out
 
 
 def drift(state: BNState, batch: Moments) -> Drift | None:

@@ -19,6 +19,7 @@ from bncore.moments import Moments, NanPolicy
 __all__ = [
     "BNConfig",
     "BNState",
+    "ConventionName",
     "DTypeName",
     "initial_state",
     "state_from_bytes",
@@ -26,7 +27,9 @@ __all__ = [
 ]
 
 DTypeName = Literal["float32", "float64"]
+ConventionName = Literal["torch", "keras", "onnx"]
 _DTYPES = ("float32", "float64")
+_CONVENTION_NAMES = ("torch", "keras", "onnx")
 _POLICIES = ("reject", "propagate", "omit")
 _MAGIC = b"BNS\x01"
 
@@ -47,6 +50,11 @@ class BNConfig:
     channel_axis: int = 1
     dtype: DTypeName = "float32"
     nan_policy: NanPolicy = "reject"
+    convention: ConventionName = "torch"
+    # Drift thresholds: a fit whose drift exceeds one is flagged (answer, history, metrics).
+    drift_max_kl: float | None = None
+    drift_max_mean_shift: float | None = None
+    drift_metrics: bool = False  # opt-in: export this session's drift as Prometheus gauges
 
     def __post_init__(self) -> None:
         if isinstance(self.num_features, bool) or not isinstance(self.num_features, int):
@@ -64,6 +72,18 @@ class BNConfig:
             raise ConfigError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.nan_policy not in _POLICIES:
             raise ConfigError(f"nan_policy must be one of {_POLICIES}, got {self.nan_policy!r}")
+        if self.convention not in _CONVENTION_NAMES:
+            raise ConfigError(
+                f"convention must be one of {_CONVENTION_NAMES}, got {self.convention!r}"
+            )
+        for name in ("drift_max_kl", "drift_max_mean_shift"):
+            v = getattr(self, name)
+            if v is not None and not (
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf
+            ):
+                raise ConfigError(f"{name} must be a finite number >= 0 or null, got {v!r}")
+        if not isinstance(self.drift_metrics, bool):
+            raise ConfigError(f"drift_metrics must be a boolean, got {self.drift_metrics!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict of every field (all are scalars: no deep copy needed)."""

@@ -66,6 +66,7 @@ def test_public_api_is_pinned() -> None:
             "channels_view",
             "check_input",
             "drift",
+            "drift_flags",
             "export_state",
             "fit",
             "fold",

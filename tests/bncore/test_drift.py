@@ -38,3 +38,10 @@ def test_drift_matches_the_hand_derived_kl_of_two_normals() -> None:
 def test_drift_is_none_without_running_statistics() -> None:
     s = bn.initial_state(bn.BNConfig(2, track_running_stats=False))
     assert bn.drift(s, bn.Moments(np.full(2, 3.0), np.zeros(2), np.ones(2))) is None
+
+
+def test_flags_name_the_thresholds_a_fit_exceeds() -> None:
+    cfg = bn.BNConfig(1, drift_max_kl=0.5, drift_max_mean_shift=3.0)
+    summary = {"max_kl": 0.6, "max_abs_mean_shift": 2.0}
+    assert bn.drift_flags(cfg, summary) == ["kl"]
+    assert bn.drift_flags(bn.BNConfig(1), {"max_kl": 1e9, "max_abs_mean_shift": 1e9}) == []

@@ -23,6 +23,10 @@ def test_create_returns_201_location_etag_and_resolved_config(client: TestClient
         "channel_axis": 1,
         "dtype": "float32",
         "nan_policy": "reject",
+        "convention": "torch",
+        "drift_max_kl": None,
+        "drift_max_mean_shift": None,
+        "drift_metrics": False,
     }
     assert body["name"] == "layer1"
     assert body["num_batches_tracked"] == 0
