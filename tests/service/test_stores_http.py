@@ -214,7 +214,11 @@ def test_the_memory_store_refuses_two_workers_at_startup() -> None:
         pass
 
 
-def test_the_cli_refuses_memory_with_two_workers(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_refuses_memory_with_two_workers(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BNAAS_WORKERS", "1")  # the CLI sets both: restored afterwards
+    monkeypatch.setenv("BNAAS_STORE", "memory://")
     with pytest.raises(SystemExit) as exit_:
         cli.main(["serve", "--store", "memory://", "--workers", "2"])
     assert exit_.value.code == 2
