@@ -30,16 +30,17 @@ from service.errors import StoreUnavailable
 from service.records import FitRecord, pack, unpack
 from service.stores.base import (
     Committed,
-    Conflict,
     CorruptRecord,
     Duplicate,
     HistoryEntry,
     Idempotency,
+    PendingCommit,
     Receipt,
     Session,
     Store,
     check_version,
     create_scope,
+    submit_commit,
 )
 
 Array = Any
@@ -94,11 +95,13 @@ class ChangeOutcome:
 
 @dataclass
 class _Flight:
-    """One session's single-flight lock and the last session this process committed."""
+    """One session's single-flight lock, and the session as the last commit handed to the
+    store will make it (``pending``: that commit, maybe not durable yet)."""
 
     lock: threading.Lock
     users: int = 0
     last: Session | None = None
+    pending: PendingCommit | None = None
 
 
 class _Flights:
@@ -113,26 +116,39 @@ class _Flights:
         return len(self._flights)
 
     @contextmanager
-    def hold(self, session_id: str, timeout_s: float) -> Iterator[_Flight]:
+    def hold(self, session_id: str) -> Iterator[_Flight]:
+        """The session's flight, kept (with its prediction) while the caller is inside."""
         with self._guard:
             flight = self._flights.get(session_id)
             if flight is None:
                 flight = self._flights[session_id] = _Flight(threading.Lock())
             flight.users += 1
         try:
-            if not flight.lock.acquire(timeout=timeout_s):
-                raise StoreUnavailable(
-                    f"session {session_id!r} is busy: no commit slot within {timeout_s:g} s"
-                )
-            try:
-                yield flight
-            finally:
-                flight.lock.release()
+            yield flight
         finally:
             with self._guard:
                 flight.users -= 1
                 if flight.users == 0:
                     del self._flights[session_id]
+
+
+def _forget(flight: _Flight, pending: PendingCommit) -> None:
+    """``pending`` did not land: drop what it predicted, unless a newer commit replaced it."""
+    with flight.lock:
+        if flight.pending is pending:
+            flight.last = flight.pending = None
+
+
+@contextmanager
+def _locked(flight: _Flight, session_id: str, timeout_s: float) -> Iterator[None]:
+    if not flight.lock.acquire(timeout=timeout_s):
+        raise StoreUnavailable(
+            f"session {session_id!r} is busy: no commit slot within {timeout_s:g} s"
+        )
+    try:
+        yield
+    finally:
+        flight.lock.release()
 
 
 # What a combine step gives the loop: the new state, the receipt payload, the history entry
@@ -175,36 +191,69 @@ class Commits:
         idem: Idempotency | None,
     ) -> tuple[Session, Session, T] | Receipt:
         """Combine on the current state and commit until committed; (before, after, value),
-        or the receipt of a duplicate."""
+        or the receipt of a duplicate.
+
+        The session's lock is held while combining and handing the commit to the store, not
+        while the store makes it durable: the next fit combines on the predicted state (and
+        may only land if this commit does), so fits to one session share a group commit."""
+        with self._flights.hold(snapshot.id) as flight:
+            return self._attempts(store, flight, snapshot, build, if_match, idem)
+
+    def _attempts(
+        self,
+        store: Store,
+        flight: _Flight,
+        snapshot: Session,
+        build: Callable[[Session], Built[T]],
+        if_match: int | None,
+        idem: Idempotency | None,
+    ) -> tuple[Session, Session, T] | Receipt:
         sid = snapshot.id
-        with self._flights.hold(sid, self._timeout_s) as flight:
-            current, fresh = snapshot, False
-            if flight.last is not None and flight.last.version > current.version:
-                current = flight.last  # committed here since the caller read: skip a conflict
-            for attempt in range(self._retries + 1):
+        current, after, fresh = snapshot, None, False
+        for attempt in range(self._retries + 1):
+            with _locked(flight, sid, self._timeout_s):
+                if flight.last is not None and flight.last.version > current.version:
+                    current, after = flight.last, flight.pending  # committed or on its way
                 if if_match is not None and current.version != if_match and not fresh:
-                    current, fresh = store.read(sid), True  # If-Match is judged on fresh data
+                    current, after, fresh = store.read(sid), None, True  # judged on stored data
                 check_version(current.version, if_match)
                 state, payload, history, value = build(current)
                 receipt = None
                 if idem is not None:
                     v = current.version + 1
                     receipt = Receipt(sid, idem.key, idem.fingerprint, sid, v, payload, time.time())
-                out = store.commit(sid, current.version, state, receipt=receipt, history=history)
-                if isinstance(out, Committed):
-                    self.events.observe_commit("committed")
-                    flight.last = out.session
-                    return current, out.session, value
-                if isinstance(out, Duplicate):
-                    self.events.observe_commit("duplicate")
-                    assert idem is not None
-                    return self._replay(out.receipt, idem)
-                assert isinstance(out, Conflict)
-                self.events.observe_commit("conflict")
-                self.events.observe_retry()
-                # Another process committed: spread the retries of racing replicas apart.
-                time.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
-                current, fresh = store.read(sid), True
+                pending = submit_commit(
+                    store,
+                    sid,
+                    current.version,
+                    state,
+                    receipt=receipt,
+                    history=history,
+                    after=after,
+                )
+                predicted = replace(
+                    current, state=state, version=current.version + 1, updated_at=time.time()
+                )
+                flight.last, flight.pending = predicted, pending
+                before = current
+            try:
+                out = pending.result()  # durable (or refused), with no lock held
+            except BaseException:
+                _forget(flight, pending)
+                raise
+            if isinstance(out, Committed):
+                self.events.observe_commit("committed")
+                return before, out.session, value
+            _forget(flight, pending)
+            if isinstance(out, Duplicate):
+                self.events.observe_commit("duplicate")
+                assert idem is not None
+                return self._replay(out.receipt, idem)
+            self.events.observe_commit("conflict")
+            self.events.observe_retry()
+            # Another process committed: spread the retries of racing replicas apart.
+            time.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
+            current, after, fresh = store.read(sid), None, True
         raise StoreUnavailable(
             f"session {sid!r} changed under {self._retries + 1} commits in a row; retry",
         )

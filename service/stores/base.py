@@ -170,6 +170,57 @@ class Duplicate:
 CommitResult = Committed | Conflict | Duplicate
 
 
+class PendingCommit(Protocol):
+    """A commit handed to a store that pipelines commits (see ``submit_commit``)."""
+
+    def result(self) -> CommitResult:
+        """Block until the commit is durable (or refused); raises what ``commit`` raises."""
+        ...
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A commit that already has its result (stores that commit synchronously)."""
+
+    outcome: CommitResult
+
+    def result(self) -> CommitResult:
+        return self.outcome
+
+
+def submit_commit(
+    store: Store,
+    session_id: str,
+    expected_version: int,
+    state: BNState,
+    *,
+    receipt: Receipt | None = None,
+    history: HistoryEntry | None = None,
+    after: PendingCommit | None = None,
+) -> PendingCommit:
+    """Hand a commit to ``store`` without waiting for its durability, when the store can
+    (it has a ``submit_commit`` method of this signature, less ``store``: the SQLite store's
+    group commit); else commit now. ``after`` is the pending commit whose predicted state
+    this one was combined on: this one may only land if that one did (else ``Conflict``),
+    so that the version check never accepts a state built on a commit that failed."""
+    pipelined = getattr(store, "submit_commit", None)
+    if pipelined is not None:
+        pending: PendingCommit = pipelined(
+            session_id,
+            expected_version,
+            state,
+            receipt=receipt,
+            history=history,
+            after=after,
+        )
+        return pending
+    if after is not None and not isinstance(after.result(), Committed):
+        return Ready(Conflict(-1))
+    return Ready(
+        store.commit(session_id, expected_version, state, receipt=receipt, history=history)
+    )
+
+
 class CorruptRecord(StoreUnavailable):
     """A stored record cannot be decoded (torn write, foreign bytes): 503, never 409/500."""
 

@@ -1,10 +1,12 @@
 """Group commit: writers queued behind a running transaction share the next one (and its
 single fsync), each acknowledged only after its own data is durable.
 
-No thread of its own: the first writer to arrive leads, runs every queued write in one
-batch, then hands the lead to the oldest writer still waiting (whose write then goes out
-with everything queued behind it). A batch's outcome is per write (its result or its
-domain error) unless the transaction itself fails, in which case every write of it fails.
+No thread of its own: the first writer to arrive leads, runs every queued write in one batch
+when it waits for its own, then hands the lead to the oldest writer still queued (whose write
+then goes out with everything queued behind it). ``enqueue`` only queues, so a caller can
+release its own locks before it ``wait``s: writes queued meanwhile join the same batch. A
+batch's outcome is per write (its result or its domain error) unless the transaction itself
+fails, in which case every write of it fails.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ class Write(Generic[C]):
     """One queued write: ``fn`` runs inside the batch's transaction."""
 
     fn: Callable[[C], Any]
-    done: threading.Event = field(default_factory=threading.Event)
-    lead: bool = False  # set with ``done`` when this write is handed the lead instead
+    wake: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False  # this write's waiter runs the next batch
+    finished: bool = False
     result: Any = None
     error: BaseException | None = None
 
@@ -49,32 +52,39 @@ class GroupCommit(Generic[C]):
 
     def submit(self, fn: Callable[[C], T]) -> T:
         """Run ``fn`` in the next batch; its result once durable, or its error."""
+        result: T = self.wait(self.enqueue(fn))
+        return result
+
+    def enqueue(self, fn: Callable[[C], Any]) -> Write[C]:
+        """Queue ``fn``; ``wait`` for it (always: the first writer leads from there)."""
         write: Write[C] = Write(fn)
         with self._guard:
             self._queue.append(write)
-            lead = not self._leading
-            self._leading = True
-        if not lead:
-            self._wait(write)
-        if not write.done.is_set() or write.lead:
-            self._lead()
+            if not self._leading:
+                self._leading = write.lead = True
+        return write
+
+    def wait(self, write: Write[C]) -> Any:
+        """The write's result once its batch is durable; raises its error."""
+        while not write.finished:
+            if write.lead:
+                self._lead()
+            elif not write.wake.wait(self._timeout_s):
+                self._withdraw(write)
         if write.error is not None:
             raise write.error
-        result: T = write.result
-        return result
+        return write.result
 
-    def _wait(self, write: Write[C]) -> None:
+    def _withdraw(self, write: Write[C]) -> None:
         # A batch runs in bounded time (the store's busy timeout and one fsync); if that bound
         # passes while the write is still queued, it never ran: withdraw it and say so.
-        while not write.done.wait(self._timeout_s):
-            with self._guard:
-                if write in self._queue:
-                    self._queue.remove(write)
-                    write.error = StoreUnavailable(
-                        f"the store took longer than {self._timeout_s:g} s to accept a write"
-                    )
-                    write.done.set()
-                    return
+        with self._guard:
+            if write in self._queue and not write.lead:
+                self._queue.remove(write)
+                write.error = StoreUnavailable(
+                    f"the store took longer than {self._timeout_s:g} s to accept a write"
+                )
+                write.finished = True
 
     def _lead(self) -> None:
         with self._guard:
@@ -87,13 +97,13 @@ class GroupCommit(Generic[C]):
             for w in batch:
                 w.result, w.error = None, exc
         finally:
-            for w in batch:
-                w.lead = False
-                w.done.set()
             with self._guard:
+                for w in batch:
+                    w.lead, w.finished = False, True
+                    w.wake.set()
                 if self._queue:
                     nxt = self._queue[0]
-                    nxt.lead = True
-                    nxt.done.set()  # it leads the next batch (its write is in it)
+                    nxt.lead = True  # it leads the next batch (its own write is in it)
+                    nxt.wake.set()
                 else:
                     self._leading = False

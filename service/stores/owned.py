@@ -14,10 +14,12 @@ from service.stores.base import (
     CommitResult,
     HistoryEntry,
     HistoryItem,
+    PendingCommit,
     Receipt,
     Session,
     Store,
     create_scope,
+    submit_commit,
 )
 
 
@@ -43,6 +45,26 @@ class OwnedStore:
         # Callers read (owner checked) before they commit, and owners never change.
         return self.inner.commit(
             session_id, expected_version, state, receipt=receipt, history=history
+        )
+
+    def submit_commit(
+        self,
+        session_id: str,
+        expected_version: int,
+        state: BNState,
+        *,
+        receipt: Receipt | None = None,
+        history: HistoryEntry | None = None,
+        after: PendingCommit | None = None,
+    ) -> PendingCommit:
+        return submit_commit(
+            self.inner,
+            session_id,
+            expected_version,
+            state,
+            receipt=receipt,
+            history=history,
+            after=after,
         )
 
     def create(self, session: Session, *, receipt: Receipt | None = None) -> CommitResult:

@@ -35,6 +35,7 @@ from service.stores.base import (
     Duplicate,
     HistoryEntry,
     HistoryItem,
+    PendingCommit,
     Receipt,
     Session,
     StoreOptions,
@@ -292,9 +293,29 @@ class SQLiteStore:
         receipt: Receipt | None = None,
         history: HistoryEntry | None = None,
     ) -> CommitResult:
+        return self.submit_commit(
+            session_id, expected_version, state, receipt=receipt, history=history
+        ).result()
+
+    def submit_commit(
+        self,
+        session_id: str,
+        expected_version: int,
+        state: bncore.BNState,
+        *,
+        receipt: Receipt | None = None,
+        history: HistoryEntry | None = None,
+        after: PendingCommit | None = None,
+    ) -> _Pending:
+        """Queue the commit (see ``base.submit_commit``): the caller may release its session
+        lock before it waits, so commits to one session share a transaction too."""
+        self._ensure()
         blob = bncore.state_to_bytes(state)  # encoded before joining the writers' queue
+        pending = _Pending(self)
 
         def write(db: sqlite3.Connection) -> CommitResult:
+            if after is not None and not _landed(after):
+                return Conflict(-1)  # built on a commit that did not land
             if receipt is not None:
                 held = self._held(db, receipt.scope, receipt.key)
                 if held is not None:
@@ -316,12 +337,12 @@ class SQLiteStore:
                 self._keep(db, receipt)
             if history is not None and self._policy.recent > 0:
                 self._append(db, session_id, history)
-            return Committed(Session(session_id, state, version, head[2], now, head[1], head[3]))
+            out = Committed(Session(session_id, state, version, head[2], now, head[1], head[3]))
+            pending.tentative = out
+            return out
 
-        out = self._write(write)
-        if isinstance(out, Committed):
-            self._remember(out.session)  # later reads skip decoding this version
-        return out
+        pending.write = self._group.enqueue(write)
+        return pending
 
     def create(self, session: Session, *, receipt: Receipt | None = None) -> CommitResult:
         blob = bncore.state_to_bytes(session.state)
@@ -433,6 +454,32 @@ class SQLiteStore:
         session = Session(sid, state, version, created, updated, name, owner)
         self._remember(session)
         return session
+
+
+class _Pending:
+    """A queued commit; ``tentative`` is its outcome inside the (unfinished) transaction."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self.write: Write[sqlite3.Connection] | None = None
+        self.tentative: CommitResult | None = None
+
+    def result(self) -> CommitResult:
+        assert self.write is not None
+        out: CommitResult = self._store._group.wait(self.write)
+        if isinstance(out, Committed):
+            self._store._remember(out.session)  # later reads skip decoding this version
+        return out
+
+
+def _landed(pending: PendingCommit) -> bool:
+    """Whether ``pending`` is applied, in a finished batch or earlier in the running one
+    (called inside the writers' transaction: never waits for it)."""
+    if isinstance(pending, _Pending):
+        w = pending.write
+        failed = w is None or (w.finished and w.error is not None)
+        return isinstance(pending.tentative, Committed) and not failed
+    return isinstance(pending.result(), Committed)
 
 
 def _receipt(row: Row) -> Receipt:

@@ -1,0 +1,128 @@
+"""Fits per second through the write path on SQLite, one tree against another in one run.
+
+    python -m bench.write_path --tree OLD_TREE --tree . [--rounds 3] [--seconds 4]
+
+Each tree is served by its own ``bnaas serve`` (one worker, a fresh SQLite file, the tree on
+PYTHONPATH), rounds interleaved. Two loads: 8 clients on 8 sessions, 16 clients on one hot
+session; every fit is a 32x64 float32 .npy batch answered with its output. Prints fits/s and
+p99 latency per tree (medians over rounds) and the ratio of each tree to the first.
+Asserts nothing: the machine is shared, read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+NPY = "application/x-npy"
+
+
+def _npy(x: np.ndarray) -> bytes:  # type: ignore[type-arg]
+    buf = io.BytesIO()
+    np.save(buf, x, allow_pickle=False)
+    return buf.getvalue()
+
+
+BODY = _npy(np.random.default_rng(0).normal(size=(32, 64)).astype(np.float32))
+
+
+def _serve(tree: Path, db: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    cmd += ["--store", f"sqlite:///{db}", "--device", "cpu", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server from {tree} did not start")
+
+
+def _load(url: str, sids: list[str], clients: int, seconds: float) -> tuple[float, float]:
+    """fits/s and p99 seconds, ``clients`` threads fitting ``sids`` round robin."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    stop = time.monotonic() + seconds
+
+    def client(i: int) -> None:
+        sid = sids[i % len(sids)]
+        with httpx.Client(timeout=30) as c:
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                r = c.post(
+                    f"{url}/v1/sessions/{sid}/fit",
+                    content=BODY,
+                    headers={"Content-Type": NPY, "Accept": NPY},
+                )
+                r.raise_for_status()
+                latencies[i].append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    flat = sorted(x for lat in latencies for x in lat)
+    return len(flat) / elapsed, flat[int(0.99 * (len(flat) - 1))]
+
+
+def _round(tree: Path, seconds: float) -> dict[str, tuple[float, float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        port = 20000 + os.getpid() % 20000
+        proc = _serve(tree, Path(tmp) / "bench.db", port)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            sids = [
+                httpx.post(f"{url}/v1/sessions", json={"num_features": 64}).json()["id"]
+                for _ in range(8)
+            ]
+            return {
+                "8 sessions, 8 clients": _load(url, sids, 8, seconds),
+                "1 hot session, 16 clients": _load(url, sids[:1], 16, seconds),
+            }
+        finally:
+            proc.terminate()
+            proc.wait(15)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tree", action="append", type=Path, required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    args = parser.parse_args()
+    results: dict[Path, list[dict[str, tuple[float, float]]]] = {t: [] for t in args.tree}
+    for _ in range(args.rounds):
+        for tree in args.tree:  # interleaved: drifts in machine load hit every tree alike
+            results[tree].append(_round(tree, args.seconds))
+    base = args.tree[0]
+    for load in results[base][0]:
+        print(f"\n{load}")
+        ref = statistics.median(r[load][0] for r in results[base])
+        for tree in args.tree:
+            rate = statistics.median(r[load][0] for r in results[tree])
+            p99 = statistics.median(r[load][1] for r in results[tree])
+            print(
+                f"  {str(tree):40s} {rate:8.0f} fits/s  p99 {p99 * 1e3:7.1f} ms"
+                f"  x{rate / ref:.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
