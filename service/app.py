@@ -50,7 +50,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = open_store(settings.store, store_options(settings), backend.xp)
         app.state.backend = backend
         app.state.store = store
-        events = getattr(app.state, "commit_events", None)  # the metrics, once wired
+        # Commit outcomes go to the metrics once they count them (service/metrics.py).
+        metrics = app.state.metrics
+        events = metrics if hasattr(metrics, "observe_commit") else None
         app.state.commits = Commits(
             events, retries=settings.commit_retries, timeout_s=settings.store_timeout_s * 2
         )
