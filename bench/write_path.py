@@ -1,6 +1,7 @@
 """Fits per second through the write path on SQLite, one tree against another in one run.
 
     python -m bench.write_path --tree OLD_TREE --tree . [--rounds 3] [--seconds 4]
+    python -m bench.write_path --group-commit     # in this process: group commit off vs on
 
 Each tree is served by its own ``bnaas serve`` (one worker, a fresh SQLite file, the tree on
 PYTHONPATH), rounds interleaved. Two loads: 8 clients on 8 sessions, 16 clients on one hot
@@ -101,12 +102,62 @@ def _round(tree: Path, seconds: float) -> dict[str, tuple[float, float]]:
             proc.wait(15)
 
 
+def _in_process(max_batch: int, sessions: int, threads: int = 16, fits: int = 20) -> float:
+    """fits/s of ``threads`` threads on ``sessions`` sessions, batches of ``max_batch``."""
+    import bncore
+    from service.commit import Commits
+    from service.stores import SQLiteStore
+    from service.stores.base import Session
+
+    x = np.load(io.BytesIO(BODY))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(Path(tmp) / "b.db")
+        store._group._max = max_batch
+        now = time.time()
+        for i in range(sessions):
+            state = bncore.initial_state(bncore.BNConfig(64))
+            store.create(Session(f"s{i}", state, 1, now, now))
+        commits = Commits()
+
+        def worker(k: int) -> None:
+            for _ in range(fits):
+                commits.fit(store, store.read(f"s{k % sessions}"), x)
+
+        pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+        t0 = time.perf_counter()
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        store.close()
+    return threads * fits / elapsed
+
+
+def _group_commit(rounds: int) -> None:
+    for label, sessions in (("8 sessions", 8), ("1 hot session", 1)):
+        rates: dict[int, list[float]] = {1: [], 64: []}
+        for _ in range(rounds):
+            for m in rates:
+                rates[m].append(_in_process(m, sessions))
+        off, on = (statistics.median(rates[m]) for m in (1, 64))
+        print(
+            f"{label}, 16 threads: one transaction per fit {off:6.0f} fits/s, group commit "
+            f"{on:6.0f} fits/s  x{on / off:.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tree", action="append", type=Path, required=True)
+    parser.add_argument("--tree", action="append", type=Path, default=[])
+    parser.add_argument("--group-commit", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     args = parser.parse_args()
+    if args.group_commit:
+        _group_commit(args.rounds)
+    if not args.tree:
+        return
     results: dict[Path, list[dict[str, tuple[float, float]]]] = {t: [] for t in args.tree}
     for _ in range(args.rounds):
         for tree in args.tree:  # interleaved: drifts in machine load hit every tree alike
@@ -118,10 +169,7 @@ def main() -> None:
         for tree in args.tree:
             rate = statistics.median(r[load][0] for r in results[tree])
             p99 = statistics.median(r[load][1] for r in results[tree])
-            print(
-                f"  {str(tree):40s} {rate:8.0f} fits/s  p99 {p99 * 1e3:7.1f} ms"
-                f"  x{rate / ref:.2f}"
-            )
+            print(f"  {tree!s:40s} {rate:8.0f} fits/s  p99 {p99 * 1e3:7.1f} ms  x{rate / ref:.2f}")
 
 
 if __name__ == "__main__":
