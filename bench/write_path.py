@@ -54,8 +54,17 @@ def _serve(tree: Path, db: Path, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"server from {tree} did not start")
 
 
-def _load(url: str, sids: list[str], clients: int, seconds: float) -> tuple[float, float]:
-    """fits/s and p99 seconds, ``clients`` threads fitting ``sids`` round robin."""
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+Result = tuple[float, float, float]  # fits/s, p99 seconds, server CPU seconds per fit
+
+
+def _load(url: str, sids: list[str], clients: int, seconds: float, pid: int) -> Result:
+    """fits/s, p99 seconds and server CPU per fit: ``clients`` threads fitting ``sids``."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     stop = time.monotonic() + seconds
 
@@ -73,17 +82,19 @@ def _load(url: str, sids: list[str], clients: int, seconds: float) -> tuple[floa
                 latencies[i].append(time.perf_counter() - t0)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    cpu0 = _cpu_s(pid)
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
+    cpu = _cpu_s(pid) - cpu0
     flat = sorted(x for lat in latencies for x in lat)
-    return len(flat) / elapsed, flat[int(0.99 * (len(flat) - 1))]
+    return len(flat) / elapsed, flat[int(0.99 * (len(flat) - 1))], cpu / len(flat)
 
 
-def _round(tree: Path, seconds: float) -> dict[str, tuple[float, float]]:
+def _round(tree: Path, seconds: float) -> dict[str, Result]:
     with tempfile.TemporaryDirectory() as tmp:
         port = 20000 + os.getpid() % 20000
         proc = _serve(tree, Path(tmp) / "bench.db", port)
@@ -94,8 +105,8 @@ def _round(tree: Path, seconds: float) -> dict[str, tuple[float, float]]:
                 for _ in range(8)
             ]
             return {
-                "8 sessions, 8 clients": _load(url, sids, 8, seconds),
-                "1 hot session, 16 clients": _load(url, sids[:1], 16, seconds),
+                "8 sessions, 8 clients": _load(url, sids, 8, seconds, proc.pid),
+                "1 hot session, 16 clients": _load(url, sids[:1], 16, seconds, proc.pid),
             }
         finally:
             proc.terminate()
@@ -158,7 +169,7 @@ def main() -> None:
         _group_commit(args.rounds)
     if not args.tree:
         return
-    results: dict[Path, list[dict[str, tuple[float, float]]]] = {t: [] for t in args.tree}
+    results: dict[Path, list[dict[str, Result]]] = {t: [] for t in args.tree}
     for _ in range(args.rounds):
         for tree in args.tree:  # interleaved: drifts in machine load hit every tree alike
             results[tree].append(_round(tree, args.seconds))
@@ -169,7 +180,11 @@ def main() -> None:
         for tree in args.tree:
             rate = statistics.median(r[load][0] for r in results[tree])
             p99 = statistics.median(r[load][1] for r in results[tree])
-            print(f"  {tree!s:40s} {rate:8.0f} fits/s  p99 {p99 * 1e3:7.1f} ms  x{rate / ref:.2f}")
+            cpu = statistics.median(r[load][2] for r in results[tree])
+            print(
+                f"  {tree!s:32s} {rate:6.0f} fits/s  x{rate / ref:.2f}  p99 {p99 * 1e3:6.1f} ms"
+                f"  server CPU {cpu * 1e6:5.0f} us/fit"
+            )
 
 
 if __name__ == "__main__":

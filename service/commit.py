@@ -151,9 +151,9 @@ def _locked(flight: _Flight, session_id: str, timeout_s: float) -> Iterator[None
         flight.lock.release()
 
 
-# What a combine step gives the loop: the new state, the receipt payload, the history entry
-# and a value for the caller.
-Built = tuple[bncore.BNState, bytes, HistoryEntry | None, T]
+# What a combine step gives the loop: the new state, how to make the receipt payload (only
+# called for requests with an Idempotency-Key), the history entry and a value for the caller.
+Built = tuple[bncore.BNState, Callable[[], bytes], HistoryEntry | None, T]
 
 
 class Commits:
@@ -221,7 +221,9 @@ class Commits:
                 receipt = None
                 if idem is not None:
                     v = current.version + 1
-                    receipt = Receipt(sid, idem.key, idem.fingerprint, sid, v, payload, time.time())
+                    receipt = Receipt(
+                        sid, idem.key, idem.fingerprint, sid, v, payload(), time.time()
+                    )
                 pending = submit_commit(
                     store,
                     sid,
@@ -277,7 +279,7 @@ class Commits:
         def build(current: Session) -> Built[FitRecord]:
             state = bncore.apply_batch(current.state, batch)
             record = _fit_record(current, state, batch)
-            return state, record.to_bytes(), record.history_entry(), record
+            return state, record.to_bytes, record.history_entry(), record
 
         out = self._loop(store, session, build, if_match, idem)
         if isinstance(out, Receipt):
@@ -320,8 +322,8 @@ class Commits:
             return self._replayed_change(store, session, known)
 
         def build(current: Session) -> Built[None]:
-            payload = bncore.state_to_bytes(current.state) if idem is not None else b""
-            return fn(current.state), payload, None, None
+            before = current.state
+            return fn(before), lambda: bncore.state_to_bytes(before), None, None
 
         out = self._loop(store, session, build, if_match, idem)
         if isinstance(out, Receipt):

@@ -8,6 +8,7 @@ keep every float exact, so an answer rendered from a record equals the first one
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,12 +79,12 @@ class FitRecord:
     summary: dict[str, Any] | None
     flags: list[str]
 
-    @property
+    @functools.cached_property
     def count(self) -> int:
         """Values per channel in the batch (the largest, under ``nan_policy='omit'``)."""
         return int(self.batch.count.max()) if self.batch.count.size else 0
 
-    @property
+    @functools.cached_property
     def var(self) -> HostArray:
         """The batch's biased variance per channel."""
         var: HostArray = self.batch.m2 / self.batch.count

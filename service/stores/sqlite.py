@@ -242,25 +242,29 @@ class SQLiteStore:
         are kept brief (every ``every``-th version) or dropped, and the brief ones capped."""
         p = self._policy
         db.execute(
-            "INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO history (session_id, version, time, full, brief, tier) "
+            "VALUES (?, ?, ?, ?, ?, 1)",
             (sid, entry.version, entry.time, entry.full, entry.brief),
         )
         leaving = db.execute(
-            "SELECT version FROM history WHERE session_id = ? AND full IS NOT NULL "
+            "SELECT version FROM history WHERE session_id = ? AND tier = 1 "
             "ORDER BY version DESC LIMIT -1 OFFSET ?",
             (sid, p.recent_for(entry.num_features)),
         ).fetchall()
+        briefed = False
         for (v,) in leaving:
             if v % p.every == 0 and p.older > 0:
                 db.execute(
-                    "UPDATE history SET full = NULL WHERE session_id = ? AND version = ?", (sid, v)
+                    "UPDATE history SET full = NULL, tier = 0 WHERE session_id = ? AND version = ?",
+                    (sid, v),
                 )
+                briefed = True
             else:
                 db.execute("DELETE FROM history WHERE session_id = ? AND version = ?", (sid, v))
-        if leaving:
+        if briefed:  # one more brief entry: drop the oldest beyond ``older``
             db.execute(
-                "DELETE FROM history WHERE session_id = ? AND full IS NULL AND version < "
-                "(SELECT version FROM history WHERE session_id = ? AND full IS NULL "
+                "DELETE FROM history WHERE session_id = ? AND tier = 0 AND version < "
+                "(SELECT version FROM history WHERE session_id = ? AND tier = 0 "
                 "ORDER BY version DESC LIMIT 1 OFFSET ?)",
                 (sid, sid, max(p.older - 1, 0)),
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _sessions(db: sqlite3.Connection) -> None:
@@ -43,9 +43,20 @@ def _receipts_and_history(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL)")
 
 
+def _history_tiers(db: sqlite3.Connection) -> None:
+    """3: each history entry's tier (1 full, 0 brief) in an index, so bounding the history
+    after a fit walks a few index entries instead of the entries themselves."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(history)")}
+    if "tier" not in columns:
+        db.execute("ALTER TABLE history ADD COLUMN tier INTEGER NOT NULL DEFAULT 1")
+        db.execute("UPDATE history SET tier = 0 WHERE full IS NULL")
+    db.execute("CREATE INDEX IF NOT EXISTS history_tier ON history (session_id, tier, version)")
+
+
 _STEPS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (1, _sessions),
     (2, _receipts_and_history),
+    (3, _history_tiers),
 ]
 
 
