@@ -2,6 +2,7 @@
 
     python -m bench.write_path --tree OLD_TREE --tree . [--rounds 3] [--seconds 4]
     python -m bench.write_path --group-commit     # in this process: group commit off vs on
+    python -m bench.write_path --direct --tree OLD_TREE --tree .   # the store alone, no HTTP
 
 Each tree is served by its own ``bnaas serve`` (one worker, a fresh SQLite file, the tree on
 PYTHONPATH), rounds interleaved. Two loads: 8 clients on 8 sessions, 16 clients on one hot
@@ -145,6 +146,67 @@ def _in_process(max_batch: int, sessions: int, threads: int = 16, fits: int = 20
     return threads * fits / elapsed
 
 
+_DIRECT = """
+import sys, tempfile, threading, time
+from pathlib import Path
+import numpy as np, bncore
+from service.stores import SQLiteStore
+from service.stores.base import Session
+sessions, threads, fits, rows = (int(a) for a in sys.argv[1:5])
+x = np.random.default_rng(0).normal(size=(rows, 64)).astype(np.float32)
+store = SQLiteStore(Path(tempfile.mkdtemp()) / "d.db")
+now = time.time()
+for i in range(sessions):
+    store.create(Session(f"s{i}", bncore.initial_state(bncore.BNConfig(64)), 1, now, now))
+if hasattr(store, "update"):  # the write path before service/commit.py
+    def one(sid):
+        store.get(sid)
+        store.update(sid, lambda s: bncore.fit(s.state, x))
+else:
+    from service.commit import Commits
+    commits = Commits()
+    def one(sid):
+        commits.fit(store, store.read(sid), x)
+def worker(k):
+    for _ in range(fits):
+        one(f"s{k % sessions}")
+pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+t0, c0 = time.perf_counter(), time.process_time()
+for t in pool:
+    t.start()
+for t in pool:
+    t.join()
+n = threads * fits
+print(n / (time.perf_counter() - t0), (time.process_time() - c0) / n)
+"""
+
+
+def _direct(trees: list[Path], rounds: int, rows: int) -> None:
+    """The store and the write path alone (no HTTP), each tree in its own process."""
+    for label, sessions in (("8 sessions", 8), ("1 hot session", 1)):
+        rates: dict[Path, list[tuple[float, float]]] = {t: [] for t in trees}
+        for _ in range(rounds):
+            for tree in trees:
+                env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+                out = subprocess.run(
+                    [sys.executable, "-c", _DIRECT, str(sessions), "16", "25", str(rows)],
+                    env=env,
+                    capture_output=True,
+                    check=True,
+                    text=True,
+                )
+                rate, cpu = (float(v) for v in out.stdout.split())
+                rates[tree].append((rate, cpu))
+        print(f"\n{label}, 16 threads, {rows}x64 batches, in process (no HTTP)")
+        ref = statistics.median(r for r, _ in rates[trees[0]])
+        for tree in trees:
+            rate = statistics.median(r for r, _ in rates[tree])
+            cpu = statistics.median(c for _, c in rates[tree])
+            print(
+                f"  {tree!s:32s} {rate:6.0f} fits/s  x{rate / ref:.2f}  CPU {cpu * 1e6:5.0f} us/fit"
+            )
+
+
 def _group_commit(rounds: int) -> None:
     for label, sessions in (("8 sessions", 8), ("1 hot session", 1)):
         rates: dict[int, list[float]] = {1: [], 64: []}
@@ -162,12 +224,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tree", action="append", type=Path, default=[])
     parser.add_argument("--group-commit", action="store_true")
+    parser.add_argument("--direct", action="store_true")
+    parser.add_argument("--rows", type=int, default=32, help="--direct: batch rows (N)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     args = parser.parse_args()
     if args.group_commit:
         _group_commit(args.rounds)
-    if not args.tree:
+    if args.direct:
+        _direct(args.tree, args.rounds, args.rows)
+    if args.direct or not args.tree:
         return
     results: dict[Path, list[dict[str, Result]]] = {t: [] for t in args.tree}
     for _ in range(args.rounds):
