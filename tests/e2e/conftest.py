@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.docker_engine import Engine, docker_engine_fixture
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -105,3 +107,10 @@ def server(sqlite_url: str, tmp_path: Path) -> Iterator[Server]:
     s = Server(sqlite_url, log=tmp_path / "server.log").start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """A Docker engine with the local base image (tests/e2e/docker_engine.py); started here,
+    and stopped at the end, only when none was running."""
+    yield from docker_engine_fixture(tmp_path_factory)

@@ -50,7 +50,7 @@ class Engine:
         self, *args: str, timeout: float = 600, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """``docker ARGS``; on failure the error names the command and its output."""
-        return _run([self.docker, *args], timeout=timeout, check=check)
+        return run_command([self.docker, *args], timeout=timeout, check=check)
 
     def has_image(self, tag: str) -> bool:
         return bool(self.run("images", "-q", tag).stdout.strip())
@@ -66,9 +66,11 @@ class Engine:
         self.built.add(tag)
 
 
-def _run(
+def run_command(
     cmd: Sequence[str], timeout: float = 600, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """``cmd`` with ``env`` added to this environment; on failure (``check``) the error carries
+    the end of its output."""
     proc = subprocess.run(
         list(cmd),
         capture_output=True,
@@ -85,7 +87,7 @@ def _run(
 
 def _answers(docker: str) -> bool:
     try:
-        return _run([docker, "info"], timeout=20, check=False).returncode == 0
+        return run_command([docker, "info"], timeout=20, check=False).returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
@@ -148,7 +150,7 @@ def _forward_policy() -> str:
     iptables = shutil.which("iptables")
     if iptables is None:
         return "ACCEPT"
-    rules = _run([iptables, "-S", "FORWARD"], check=False).stdout.split()
+    rules = run_command([iptables, "-S", "FORWARD"], check=False).stdout.split()
     return rules[2] if rules[:2] == ["-P", "FORWARD"] and len(rules) > 2 else "ACCEPT"
 
 
@@ -163,7 +165,7 @@ def _alive(pid: int) -> bool:
 def _clean_network(forward_policy: str) -> None:
     ip, iptables = shutil.which("ip"), shutil.which("iptables")
     if ip is not None:
-        _run([ip, "link", "delete", "docker0"], check=False)
+        run_command([ip, "link", "delete", "docker0"], check=False)
     if iptables is None:
         return
     for table, chains in {
@@ -175,16 +177,16 @@ def _clean_network(forward_policy: str) -> None:
         ),
         "nat": ("DOCKER",),
     }.items():
-        rules = _run([iptables, "-t", table, "-S"], check=False).stdout.splitlines()
+        rules = run_command([iptables, "-t", table, "-S"], check=False).stdout.splitlines()
         # Rules that jump to or live in docker's chains go first, then the chains themselves.
         for rule in rules:
             if rule.startswith("-A ") and ("DOCKER" in rule or "docker0" in rule):
                 spec = rule[3:].split()
-                _run([iptables, "-t", table, "-D", *spec], check=False)
+                run_command([iptables, "-t", table, "-D", *spec], check=False)
         for chain in chains:
-            _run([iptables, "-t", table, "-F", chain], check=False)
-            _run([iptables, "-t", table, "-X", chain], check=False)
-    _run([iptables, "-P", "FORWARD", forward_policy], check=False)
+            run_command([iptables, "-t", table, "-F", chain], check=False)
+            run_command([iptables, "-t", table, "-X", chain], check=False)
+    run_command([iptables, "-P", "FORWARD", forward_policy], check=False)
 
 
 def debian_mirror() -> str:
@@ -212,7 +214,7 @@ def ensure_base_image(engine: Engine) -> None:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bnaas-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        _run(
+        run_command(
             [
                 debootstrap,
                 "--variant=minbase",
@@ -229,7 +231,7 @@ def ensure_base_image(engine: Engine) -> None:
             target.mkdir(parents=True, exist_ok=True)
             for ca in cas:
                 shutil.copy(ca, target / ca.name)
-            _run(["chroot", str(rootfs), "update-ca-certificates"])
+            run_command(["chroot", str(rootfs), "update-ca-certificates"])
         # The image starts with the lists debootstrap fetched: drop them, as official images do.
         shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)
         (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True)
@@ -237,7 +239,7 @@ def ensure_base_image(engine: Engine) -> None:
             ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE
         )
         try:
-            _run_import = subprocess.run(
+            imported = subprocess.run(
                 [engine.docker, "import", "-", BASE_IMAGE],
                 stdin=tar.stdout,
                 capture_output=True,
@@ -249,8 +251,8 @@ def ensure_base_image(engine: Engine) -> None:
             assert tar.stdout is not None
             tar.stdout.close()
             tar.wait()
-        if _run_import.returncode != 0 or tar.returncode != 0:
-            raise RuntimeError(f"docker import failed: {_run_import.stderr[-2000:]}")
+        if imported.returncode != 0 or tar.returncode != 0:
+            raise RuntimeError(f"docker import failed: {imported.stderr[-2000:]}")
     engine.timings["base image"] = time.monotonic() - t0
 
 
