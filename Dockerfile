@@ -10,9 +10,9 @@ ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 # A C compiler for bncore's kernels; Debian's python3 needs its headers (the official image
-# ships them).
+# ships them). tini (static) is copied into the runtime image as PID 1.
 RUN set -eux; \
-    pkgs="gcc libc6-dev"; \
+    pkgs="gcc libc6-dev tini"; \
     python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))" \
       || pkgs="$pkgs python3-dev"; \
     apt-get update; \
@@ -42,6 +42,7 @@ ENV PATH=/opt/bnaas/bin:$PATH \
     BNAAS_STORE=sqlite:////data/bnaas.db
 # The venv's python3 links to the base image's interpreter: same BASE_IMAGE, same path.
 COPY --from=build /opt/bnaas /opt/bnaas
+COPY --from=build /usr/bin/tini-static /usr/bin/tini
 RUN groupadd --system --gid 10001 bnaas \
     && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home bnaas \
     && mkdir -p /data && chown 10001:10001 /data
@@ -51,7 +52,12 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python3", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('BNAAS_PORT', '8000'), timeout=2).status != 200)"]
 USER 10001:10001
-# Exec form: the server is PID 1 and handles SIGTERM itself (uvicorn), so `docker stop` is quick.
+# The server handles SIGTERM (uvicorn: drain, then exit 0). tini as PID 1 passes signals on and
+# reaps children; without it, a SIGTERM that arrives while Python is still importing (seconds on
+# a busy host) is dropped, since PID 1 ignores signals it has no handler for, and `docker stop`
+# waits out its whole grace period. uvicorn re-raises SIGTERM once drained: -e 143 makes that
+# clean stop exit 0.
+ENTRYPOINT ["/usr/bin/tini", "-e", "143", "--"]
 CMD ["bnaas", "serve"]
 
 # CUDA libraries in their own stage, which depends on no project file: a code change does not
