@@ -20,9 +20,11 @@ RUN set -eux; \
     rm -rf /var/lib/apt/lists/*; \
     python3 -m venv /opt/bnaas
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone: a code change reuses this layer.
+# Dependencies first, from pyproject.toml alone: a code change reuses this layer. EXTRAS are
+# pyproject extras the service needs at run time (redis: the Redis store).
+ARG EXTRAS="redis"
 COPY pyproject.toml ./
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN EXTRAS="$EXTRAS" python3 -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extras = p.get('optional-dependencies', {}); print('\n'.join(p['dependencies'] + [d for e in os.environ['EXTRAS'].split() for d in extras.get(e, [])]))" \
       > /tmp/requirements.txt \
     && /opt/bnaas/bin/pip install -r /tmp/requirements.txt
 COPY setup.py README.md ./
