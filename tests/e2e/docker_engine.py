@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -40,7 +39,7 @@ class Engine:
     """A Docker engine that answers, and what this session did to it (for the timing report)."""
 
     docker: str
-    started_pid: int | None = None
+    started: subprocess.Popen[bytes] | None = None
     forward_policy: str = "ACCEPT"
     log: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -107,7 +106,7 @@ def start_engine(docker: str, log_dir: Path) -> Engine:
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # setsid: a Ctrl-C to pytest does not reach it half-way
         )
-    engine = Engine(docker, started_pid=proc.pid, forward_policy=policy, log=log)
+    engine = Engine(docker, started=proc, forward_policy=policy, log=log)
     t0 = time.monotonic()
     while time.monotonic() - t0 < ENGINE_START_S:
         if proc.poll() is not None:
@@ -123,25 +122,16 @@ def start_engine(docker: str, log_dir: Path) -> Engine:
 def stop_engine(engine: Engine) -> None:
     """Stops the dockerd this module started (by PID) and removes what it leaves behind:
     the docker0 bridge, its iptables chains and the FORWARD policy of DROP."""
-    pid = engine.started_pid
-    if pid is None:
+    proc = engine.started
+    if proc is None:
         return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    if proc.poll() is None:
+        proc.terminate()  # by its PID: dockerd stops its containers and containerd first
         try:
-            waited, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # not our child any more: poll its existence instead
-            waited = 0 if _alive(pid) else pid
-        if waited == pid:
-            break
-        time.sleep(0.2)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
     _clean_network(engine.forward_policy)
 
 
@@ -152,14 +142,6 @@ def _forward_policy() -> str:
         return "ACCEPT"
     rules = run_command([iptables, "-S", "FORWARD"], check=False).stdout.split()
     return rules[2] if rules[:2] == ["-P", "FORWARD"] and len(rules) > 2 else "ACCEPT"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _clean_network(forward_policy: str) -> None:
