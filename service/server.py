@@ -213,7 +213,8 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._phase = _BODY
-        self._cancel_deadline()
+        if self._deadline is not None:  # inline: this runs on every request
+            self._cancel_deadline()
         limits = self.limits
         if len(self.headers) > limits.max_headers:
             raise _Refusal(431, f"more than {limits.max_headers} header fields")
@@ -239,7 +240,8 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._phase = _IDLE
-        self._cancel_deadline()
+        if self._deadline is not None:
+            self._cancel_deadline()
         if self._upgrade_ignored:
             return
         super().on_message_complete()
