@@ -164,7 +164,8 @@ def main() -> None:
             procs[name] = subprocess.Popen(_command(name, ports[name]), env=env, cwd=ROOT)
         for port in ports.values():
             _wait(port)
-        rows = _run(ports, args.seconds, args.clients, args.rounds)
+        servers = {name: (ports[name], procs[name].pid) for name in names}
+        rows, cpu = _run(servers, args.seconds, args.clients, args.rounds)
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -174,7 +175,7 @@ def main() -> None:
             print(f"== {name}")
         _report(rows[name])
     if len(names) > 1:
-        _compare(rows, names)
+        _compare(rows, cpu, names)
 
 
 def _wait(port: int) -> None:
@@ -200,21 +201,39 @@ def _create(port: int, c: int) -> str:
     return str(orjson.loads(conn.getresponse().read())["id"])
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+Rows = dict[str, dict[str, tuple[float, float]]]
+
+
 def _run(
-    ports: dict[str, int], seconds: float, clients: int, rounds: int
-) -> dict[str, dict[str, tuple[float, float]]]:
-    """Every case on every server once per round, rounds interleaved; the best round of each
-    counts (this machine's load drifts: interleaving exposes every case to the same drift)."""
-    cases = {name: _cases(port) for name, port in ports.items()}
-    rows: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in ports}
+    servers: dict[str, tuple[int, int]], seconds: float, clients: int, rounds: int
+) -> tuple[Rows, dict[str, dict[str, float]]]:
+    """Every case on every server (name -> (port, pid)) once per round, rounds interleaved;
+    the best round of each counts (this machine's load drifts: interleaving exposes every case
+    to the same drift). Also the server's CPU microseconds per request (lowest round), which
+    a loaded machine disturbs far less than requests/s."""
+    cases = {name: _cases(port) for name, (port, _) in servers.items()}
+    rows: Rows = {name: {} for name in servers}
+    cpu: dict[str, dict[str, float]] = {name: {} for name in servers}
     for _ in range(rounds):
-        for case in cases[next(iter(ports))]:
-            for name, port in ports.items():
+        for case in cases[next(iter(servers))]:
+            for name, (port, pid) in servers.items():
                 path, body, headers = cases[name][case]
+                before = _cpu_seconds(pid)
                 rps, mbs = load(port, path, body, headers, seconds / rounds, clients)
+                us = (_cpu_seconds(pid) - before) / max(rps * seconds / rounds, 1) * 1e6
                 if rps > rows[name].get(case, (0.0, 0.0))[0]:
                     rows[name][case] = (rps, mbs)
-    return rows
+                cpu[name][case] = min(cpu[name].get(case, us), us)
+    return rows, cpu
 
 
 def _cases(port: int) -> dict[str, tuple[str, bytes, dict[str, str]]]:
@@ -277,13 +296,18 @@ def _report(rows: dict[str, tuple[float, float]]) -> None:
         print(f"{name:42} {value:7.2f} {floor:6.2f} {'ok' if value >= floor else 'BELOW'}")
 
 
-def _compare(rows: dict[str, dict[str, tuple[float, float]]], names: list[str]) -> None:
-    base = names[0]
-    print(f"== req/s of {base} against the others, same run")
-    print(f"{'route':32} " + " ".join(f"{'/ ' + n:>12}" for n in names[1:]))
+def _compare(rows: Rows, cpu: dict[str, dict[str, float]], names: list[str]) -> None:
+    base, others = names[0], names[1:]
+    print(f"== {base} against the others, same run: req/s ratio; server CPU us per request")
+    print(
+        f"{'route':32} "
+        + " ".join(f"{'/ ' + n:>12}" for n in others)
+        + " ".join(f"{'CPU ' + n:>15}" for n in names)
+    )
     for case, (rps, _) in rows[base].items():
-        ratios = " ".join(f"{rps / rows[n][case][0]:12.2f}" for n in names[1:])
-        print(f"{case:32} {ratios}")
+        ratios = " ".join(f"{rps / rows[n][case][0]:12.2f}" for n in others)
+        cpus = " ".join(f"{cpu[n][case]:15.0f}" for n in names)
+        print(f"{case:32} {ratios}{cpus}")
 
 
 if __name__ == "__main__":
