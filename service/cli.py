@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="BNAAS_WORKERS (default 1)")
     serve.add_argument("--store", help="memory:// or sqlite:///path (BNAAS_STORE)")
     serve.add_argument("--device", choices=("auto", "cpu", "cuda"), help="BNAAS_DEVICE")
-    serve.add_argument("--log-level", help="BNAAS_LOG_LEVEL (default info)")
+    serve.add_argument("--log-level", type=str.lower, help="BNAAS_LOG_LEVEL (default info)")
     serve.add_argument(
         "--access-log",
         action=argparse.BooleanOptionalAction,

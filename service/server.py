@@ -140,14 +140,21 @@ class EdgeProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
         cycle = self.cycle
-        if not self._closed_by_us and cycle is not None and not cycle.response_complete:
-            log.info(
-                '%s - "%s %s" client disconnected %s',
-                _client(self.client),
-                cycle.scope["method"],
-                cycle.scope["path"],
-                "before sending the whole body" if cycle.more_body else "before the answer",
-            )
+        if not self._closed_by_us and cycle is not None:
+            if not cycle.response_complete:
+                what = "before sending the whole body" if cycle.more_body else "before the answer"
+            elif isinstance(exc, BrokenPipeError):  # the answer was written to a closed socket
+                what = "before the answer was delivered"
+            else:
+                what = ""
+            if what:
+                log.info(
+                    '%s - "%s %s" client disconnected %s',
+                    _client(self.client),
+                    cycle.scope["method"],
+                    cycle.scope["path"],
+                    what,
+                )
         super().connection_lost(exc)
 
     def _is_idle(self) -> bool:

@@ -6,6 +6,7 @@ HTTP/1.1, and none of it leaves a 500 or a traceback in the server log."""
 from __future__ import annotations
 
 import contextlib
+import io
 import select
 import socket
 import time
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 
@@ -185,6 +187,30 @@ def test_client_that_disconnects_mid_body_is_logged_at_info_without_500(edge: Se
     assert any(line.startswith("INFO:") and f"/v1/sessions/{sid}/fit" in line for line in lines)
     assert_clean_log(edge)
     assert_healthy(edge)
+
+
+def test_client_that_leaves_before_the_answer_is_logged_at_info_without_500(edge: Server) -> None:
+    resp = httpx.post(f"{edge.url}/v1/sessions", json={"num_features": 256}, timeout=WAIT_S)
+    sid = resp.json()["id"]
+    x = np.random.default_rng(0).normal(size=(4096, 256)).astype(np.float32)
+    buf = io.BytesIO()
+    np.save(buf, x)
+    head = (
+        f"POST /v1/sessions/{sid}/fit HTTP/1.1\r\nHost: t\r\n"
+        f"Content-Type: application/x-npy\r\nContent-Length: {len(buf.getvalue())}\r\n\r\n"
+    )
+    assert edge.log is not None
+    # Whether the server notices before its answer is written is a race: a few tries.
+    for _ in range(5):
+        with connect(edge) as sock:
+            sock.sendall(head.encode() + buf.getvalue())
+        time.sleep(0.5)
+        if "before the answer" in edge.log.read_text():
+            break
+    assert f'"POST /v1/sessions/{sid}/fit" client disconnected before the answer' in (
+        edge.log.read_text()
+    )
+    assert_clean_log(edge)
 
 
 # --- connections ---
