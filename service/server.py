@@ -115,6 +115,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._window_bytes = 0  # body bytes since the body deadline was last armed
         self._upgrade_ignored = False
         self._upgrade_method = b""
+        self._upgrade_line_end = b""
         self._closed_by_us = False
 
     # --- connection ---
@@ -237,6 +238,7 @@ class EdgeProtocol(HttpToolsProtocol):
             # httptools skips the body of an upgrade request and raises HttpParserUpgrade
             # after the head: data_received replays the head without the upgrade.
             self._upgrade_ignored = True
+            self._upgrade_line_end = b" HTTP/%s\r\n" % self.parser.get_http_version().encode()
             self._upgrade_method = method
             return
         super().on_headers_complete()
@@ -257,7 +259,7 @@ class EdgeProtocol(HttpToolsProtocol):
         """Parse the request again as if it had not offered an upgrade (h2c, websocket)."""
         self._upgrade_ignored = False
         self._phase = _IDLE
-        head = [self._upgrade_method, b" ", self.url, b" HTTP/1.1\r\n"]
+        head = [self._upgrade_method, b" ", self.url, self._upgrade_line_end]
         for name, value in self.headers:
             if name in (b"upgrade", b"http2-settings"):
                 continue
@@ -272,6 +274,10 @@ class EdgeProtocol(HttpToolsProtocol):
                 value = b", ".join(tokens)
             head += [name, b": ", value, b"\r\n"]
         head.append(b"\r\n")
+        # A fresh parser: after an upgrade, httptools' parser ignores whatever follows a
+        # request that did not keep the connection alive (HTTP/1.0, Connection: close).
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn does
         self.data_received(b"".join(head) + rest)
 
     # --- deadlines ---

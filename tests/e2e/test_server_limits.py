@@ -341,6 +341,30 @@ def test_post_offering_h2c_upgrade_creates_a_session(edge: Server, writes: str) 
         assert read_response(sock)[0] == 200
 
 
+H2C_VARIANTS = {
+    "chunked body": (
+        b"POST /v1/sessions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: application/json\r\n" + H2C_OFFER + b"\r\n"
+        b"13\r\n" + b'{"num_features": 3}' + b"\r\n0\r\n\r\n"
+    ),
+    "HTTP/1.0": (
+        b"POST /v1/sessions HTTP/1.0\r\nHost: t\r\nContent-Length: 19\r\n"
+        b"Content-Type: application/json\r\n" + H2C_OFFER + b"\r\n" + b'{"num_features": 3}'
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", list(H2C_VARIANTS))
+def test_h2c_offer_with_other_body_framings_is_answered_as_http_1(
+    edge: Server, variant: str
+) -> None:
+    with connect(edge) as sock:
+        sock.sendall(H2C_VARIANTS[variant])
+        status, _, answer = read_response(sock)
+    assert status == 201
+    assert orjson.loads(answer)["config"]["num_features"] == 3
+
+
 def test_access_log_is_off_by_default(edge: Server) -> None:
     assert_healthy(edge)
     assert edge.log is not None
