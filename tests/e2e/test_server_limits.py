@@ -62,17 +62,18 @@ def read_until_closed(sock: socket.socket) -> bytes:
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One Content-Length response from a keep-alive connection."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed after {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+    """Exactly one Content-Length response from a keep-alive connection (byte by byte up to
+    the blank line, so that a pipelined answer behind it stays in the socket)."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        assert byte, f"connection closed after {head!r}"
+        head += byte
+    lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    body = b""
     while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
+        chunk = sock.recv(int(headers["content-length"]) - len(body))
         assert chunk, "connection closed inside the body"
         body += chunk
     return int(lines[0].split()[1]), headers, body
@@ -309,6 +310,19 @@ def test_request_within_the_limits_is_served(edge: Server) -> None:
     with connect(edge) as sock:
         target = b"/healthz?q=" + b"a" * 4000
         sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n" + headers + b"\r\n")
+        assert read_response(sock)[0] == 200
+
+
+def test_pipelined_request_after_a_large_body_is_not_taken_for_a_large_head(edge: Server) -> None:
+    body = b'{"num_features": 3}' + b" " * 40_000  # more than BNAAS_MAX_HEADER_BYTES (32 KiB)
+    with connect(edge) as sock:
+        sock.sendall(
+            b"POST /v1/sessions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body + b"GET /healthz HTTP/1.1\r\nHo"
+        )
+        time.sleep(0.2)
+        sock.sendall(b"st: t\r\n\r\n")
+        assert read_response(sock)[0] == 201
         assert read_response(sock)[0] == 200
 
 
