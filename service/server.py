@@ -96,6 +96,8 @@ class _Refusal(Exception):
 class EdgeProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with limits, deadlines and upgrades ignored (see module)."""
 
+    _refusal_logged_at = float("-inf")  # per worker process: refusals at capacity are logged
+
     def __init__(
         self,
         config: Config,
@@ -125,10 +127,13 @@ class EdgeProtocol(HttpToolsProtocol):
     ) -> None:
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections and not self._shed_idle():
-            log.warning(
-                "refused a connection: %d open, none idle (BNAAS_MAX_CONNECTIONS)",
-                len(self.connections) - 1,
-            )
+            now = self.loop.time()
+            if now - EdgeProtocol._refusal_logged_at >= 1.0:  # one line a second at most
+                EdgeProtocol._refusal_logged_at = now
+                log.warning(
+                    "refusing connections: %d open, none idle (BNAAS_MAX_CONNECTIONS)",
+                    len(self.connections) - 1,
+                )
             self._answer_and_close(
                 503, f"{self.limits.max_connections} connections are busy; retry", retry=True
             )
