@@ -48,7 +48,7 @@ _EDGE_PROBLEMS = {
     408: ("request-timeout", "Request not received in time"),
     414: ("request-target-too-long", "Request target too long"),
     431: ("header-fields-too-large", "Request header fields too large"),
-    503: ("too-many-connections", "Too many connections"),
+    503: ("unavailable", "Server busy or shutting down"),
 }
 
 
@@ -134,9 +134,7 @@ class EdgeProtocol(HttpToolsProtocol):
                     "refusing connections: %d open, none idle (BNAAS_MAX_CONNECTIONS)",
                     len(self.connections) - 1,
                 )
-            self._answer_and_close(
-                503, f"{self.limits.max_connections} connections are busy; retry", retry=True
-            )
+            self._answer_and_close(503, f"{self.limits.max_connections} connections are busy")
             return
         # A connection that never sends a byte is as idle as a kept-alive one.
         self.timeout_keep_alive_task = self.loop.call_later(
@@ -162,6 +160,20 @@ class EdgeProtocol(HttpToolsProtocol):
                     what,
                 )
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: idle connections close now (uvicorn), answers in progress finish.
+        A request whose body is still coming in when the grace period is nearly over gets 503,
+        so its task ends quietly instead of being cancelled mid-read (a 500 and a traceback)."""
+        super().shutdown()
+        grace = self.config.timeout_graceful_shutdown
+        if self._phase == _BODY and grace is not None:
+            self.loop.call_later(max(grace - 0.5, 0.0), self._stop_reading_body)
+
+    def _stop_reading_body(self) -> None:
+        if self._phase == _BODY and not self._closed_by_us:
+            self._refuse(503, "the server is shutting down; the request body did not arrive")
+            self.transport.close()  # no lingering: the server waits for its connections
 
     def _is_idle(self) -> bool:
         cycle = self.cycle
@@ -339,7 +351,7 @@ class EdgeProtocol(HttpToolsProtocol):
                 return
         self._answer_and_close(status, detail)
 
-    def _answer_and_close(self, status: int, detail: str, retry: bool = False) -> None:
+    def _answer_and_close(self, status: int, detail: str) -> None:
         slug, title = _EDGE_PROBLEMS[status]
         body = problem_body(status, slug, title, detail, "")
         content = [STATUS_LINE[status]]
@@ -351,7 +363,7 @@ class EdgeProtocol(HttpToolsProtocol):
             b"\r\ncontent-length: ",
             str(len(body)).encode(),
             b"\r\nconnection: close\r\n",
-            b"retry-after: 1\r\n" if retry else b"",
+            b"retry-after: 1\r\n" if status == 503 else b"",
             b"\r\n",
             body,
         ]

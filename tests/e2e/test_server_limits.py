@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import select
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -377,6 +378,31 @@ def test_h2c_offer_with_other_body_framings_is_answered_as_http_1(
         status, _, answer = read_response(sock)
     assert status == 201
     assert orjson.loads(answer)["config"]["num_features"] == 3
+
+
+def test_graceful_shutdown_ends_idle_and_incomplete_requests_without_500(tmp_path: Path) -> None:
+    env = {"BNAAS_GRACEFUL_SHUTDOWN_S": "1", "BNAAS_BODY_TIMEOUT_S": "60"}
+    server = Server("memory://", log=tmp_path / "server.log", env=env, log_level="info").start()
+    try:
+        with connect(server) as idle, connect(server) as uploading:
+            idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_response(idle)[0] == 200
+            uploading.sendall(
+                b"POST /v1/sessions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
+            time.sleep(0.3)
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            # uvicorn re-raises the signal once it has shut down
+            assert server.proc.wait(WAIT_S) in (0, -signal.SIGTERM)
+            assert idle.recv(1) == b""
+            assert status_of(read_until_closed(uploading)) == 503
+    finally:
+        server.stop()
+    assert_clean_log(server)
+    assert server.log is not None
+    assert "Finished server process" in server.log.read_text()
 
 
 def test_access_log_is_off_by_default(edge: Server) -> None:
