@@ -33,12 +33,14 @@ class Server:
         port: int | None = None,
         log: Path | None = None,
         env: dict[str, str] | None = None,
+        log_level: str = "warning",
     ):
         self.store, self.workers = store, workers
         self.env = {**os.environ, **(env or {})}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> Server:
@@ -58,7 +60,7 @@ class Server:
             "--device",
             "cpu",
             "--log-level",
-            "warning",
+            self.log_level,
         ]
         if self.log is None:
             self.proc = subprocess.Popen(
