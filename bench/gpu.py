@@ -1,9 +1,12 @@
-"""bncore on CuPy against torch's CUDA batch_norm, same run, same device.
+"""bncore on the GPU against torch's CUDA batch_norm and a device copy, same run, same device.
 
-    python bench/gpu.py [--repeat 20]
+    python bench/gpu.py [--repeat 50] [--rounds 5] [--kernels on|off|both]
 
-Prints, per float32 shape, fit and transform milliseconds (device-synchronized), the ratio
-ours/torch, and our GB/s next to a device-to-device copy of the same array.
+Times with CUDA events (median of ``--repeat`` launches per round, rounds interleaved: ours,
+torch, copy), for fit (train forward + running update) and transform (inference), float32,
+on [65536, 512], [4096, 256], [256, 64] and NCHW [32, 64, 56, 56]. Prints milliseconds, the
+ratio ours/torch, and GB/s against the copy's: a train forward moves 3x the array (read for
+the statistics, read and write for the output), inference and the copy 2x. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -16,46 +19,49 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
 import argparse
-import time
+import statistics
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import bncore
+from bncore import cuda_kernels
 
-SHAPES = [(256, 64), (4096, 256), (65536, 512), (32, 64, 56, 56)]
+SHAPES = [(65536, 512), (4096, 256), (256, 64), (32, 64, 56, 56)]
 
 
-def best(fn: Callable[[], Any], sync: Callable[[], None], repeat: int) -> float:
-    fn()
-    sync()
+def timed(fn: Callable[[], Any], repeat: int) -> float:
+    """Median seconds of one call, by CUDA events around each of ``repeat`` calls."""
+    import cupy
+
+    fn()  # compile and warm
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
         fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+    return statistics.median(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--kernels", choices=("on", "off", "both"), default="both")
     args = parser.parse_args()
     import cupy
     import torch
 
     backend = bncore.select("cuda")
     print(f"backend: {backend.reason}; torch {torch.__version__} on {torch.cuda.get_device_name()}")
-
-    def sync() -> None:
-        cupy.cuda.Device().synchronize()
-        torch.cuda.synchronize()
-
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.kernels]
     f = torch.nn.functional.batch_norm
     print(
-        f"{'shape':18} {'op':9} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} "
-        f"{'ours GB/s':>9} {'copy GB/s':>9}"
+        f"{'shape':16} {'op':9} {'kernels':7} {'ours ms':>9} {'torch ms':>9} {'copy ms':>8} "
+        f"{'ratio':>6} {'range':>11} {'ours GB/s':>9} {'copy GB/s':>9} {'of copy':>7}"
     )
     for shape in SHAPES:
         c = shape[1]
@@ -65,22 +71,40 @@ def main() -> None:
         w, b = torch.ones(c, device="cuda"), torch.zeros(c, device="cuda")
         state = bncore.initial_state(bncore.BNConfig(c), xp=cupy)
         fitted, _ = bncore.fit(state, x)
-        copy_t = best(x.copy, sync, args.repeat)
-        gbytes = 2 * x.nbytes / 1e9
-        runs = (
-            ("fit", partial(bncore.fit, state, x), partial(f, tx, rm, rv, w, b, True, 0.1, 1e-5)),
-            (
-                "transform",
-                partial(bncore.transform, fitted, x),
-                partial(f, tx, rm, rv, w, b, False, 0.1, 1e-5),
-            ),
-        )
-        for op, ours, theirs in runs:
-            t_ours, t_torch = best(ours, sync, args.repeat), best(theirs, sync, args.repeat)
-            print(
-                f"{'x'.join(map(str, shape)):18} {op:9} {t_ours * 1e3:9.3f} {t_torch * 1e3:9.3f} "
-                f"{t_ours / t_torch:6.2f} {gbytes / t_ours:9.1f} {gbytes / copy_t:9.1f}"
+        for on in modes:
+            cuda_kernels.enable(on)
+            runs = (
+                ("fit", partial(bncore.fit, state, x), partial(f, tx, rm, rv, w, b, True), 3),
+                (
+                    "transform",
+                    partial(bncore.transform, fitted, x),
+                    partial(f, tx, rm, rv, w, b, False),
+                    2,
+                ),
             )
+            for op, ours, theirs, passes in runs:
+                rows: list[tuple[float, float, float]] = []
+                for _ in range(args.rounds):
+                    rows.append(
+                        (
+                            timed(ours, args.repeat),
+                            timed(theirs, args.repeat),
+                            timed(x.copy, args.repeat),
+                        )
+                    )
+                t_ours = statistics.median(r[0] for r in rows)
+                t_torch = statistics.median(r[1] for r in rows)
+                t_copy = statistics.median(r[2] for r in rows)
+                ratios = [r[0] / r[1] for r in rows]
+                ours_gbs = passes * x.nbytes / 1e9 / t_ours
+                copy_gbs = 2 * x.nbytes / 1e9 / t_copy
+                print(
+                    f"{'x'.join(map(str, shape)):16} {op:9} {'on' if on else 'off':7} "
+                    f"{t_ours * 1e3:9.3f} {t_torch * 1e3:9.3f} {t_copy * 1e3:8.3f} "
+                    f"{t_ours / t_torch:6.2f} {min(ratios):5.2f}-{max(ratios):<5.2f} "
+                    f"{ours_gbs:9.0f} {copy_gbs:9.0f} {ours_gbs / copy_gbs:7.0%}"
+                )
+    cuda_kernels.enable(False)
 
 
 if __name__ == "__main__":

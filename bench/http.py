@@ -1,10 +1,13 @@
 """HTTP throughput of bnaas next to a bare echo route on the same server, same run.
 
-    python bench/http.py [--seconds 10] [--clients 2] [--rounds 5]
+    python bench/http.py [--seconds 10] [--clients 2] [--rounds 5] [--servers bnaas,httptools]
 
-Starts ``uvicorn bench.echo_app:app`` (the service app plus echo routes; SQLite store in a
-temporary folder), drives it from client processes with keep-alive connections, and prints
-requests/s, MB/s (request + response bytes) and the ratios the issues set floors on.
+Starts ``bench.echo_app:app`` (the service app plus echo routes; SQLite store in a temporary
+folder) the way ``bnaas serve`` runs it (its HTTP edge: service/server.py), drives it from
+client processes with keep-alive connections, and prints requests/s, MB/s (request + response
+bytes) and the ratios the issues set floors on. ``--servers`` also starts the same app on
+stock uvicorn (``httptools``, ``h11``; access log off) and interleaves every case over all of
+them, so the edge's own cost shows as a ratio measured in the same run.
 """
 
 from __future__ import annotations
@@ -98,45 +101,81 @@ def v2_binary(a: np.ndarray) -> tuple[bytes, int]:
     return head + a.tobytes(), len(head)
 
 
+# How each --servers entry is started: the same app, the same store kind, access log off.
+SERVERS = ("bnaas", "httptools", "h11")
+
+
+def _command(server: str, port: int) -> list[str]:
+    if server == "bnaas":
+        return [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--app",
+            "bench.echo_app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.echo_app:app",
+        "--factory",
+        "--http",
+        server,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0, help="per case, all rounds")
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    tmp = tempfile.mkdtemp(prefix="bnaas-bench-")
-    port = free_port()
-    env = {
-        **os.environ,
-        "BNAAS_STORE": f"sqlite:///{tmp}/bench.db",
-        "BNAAS_DEVICE": "cpu",
-        "PYTHONPATH": str(ROOT),
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.echo_app:app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        env=env,
-        cwd=ROOT,
+    parser.add_argument(
+        "--servers", default="bnaas", help=f"comma-separated, from {', '.join(SERVERS)}"
     )
+    args = parser.parse_args()
+    names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    if not names or any(n not in SERVERS for n in names):
+        parser.error(f"--servers takes names from {', '.join(SERVERS)}")
+    tmp = tempfile.mkdtemp(prefix="bnaas-bench-")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    ports: dict[str, int] = {}
     try:
-        _wait(port)
-        rows = _run(port, args.seconds, args.clients, args.rounds)
+        for name in names:
+            ports[name] = free_port()
+            env = {
+                **os.environ,
+                "BNAAS_STORE": f"sqlite:///{tmp}/{name}.db",
+                "BNAAS_DEVICE": "cpu",
+                "PYTHONPATH": str(ROOT),
+            }
+            procs[name] = subprocess.Popen(_command(name, ports[name]), env=env, cwd=ROOT)
+        for port in ports.values():
+            _wait(port)
+        servers = {name: (ports[name], procs[name].pid) for name in names}
+        rows, cpu = _run(servers, args.seconds, args.clients, args.rounds)
     finally:
-        server.terminate()
-        server.wait(10)
-    _report(rows)
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(10)
+    for name in names:
+        if len(names) > 1:
+            print(f"== {name}")
+        _report(rows[name])
+    if len(names) > 1:
+        _compare(rows, cpu, names)
 
 
 def _wait(port: int) -> None:
@@ -162,17 +201,39 @@ def _create(port: int, c: int) -> str:
     return str(orjson.loads(conn.getresponse().read())["id"])
 
 
-def _run(port: int, seconds: float, clients: int, rounds: int) -> dict[str, tuple[float, float]]:
-    """Every case once per round, rounds interleaved; the best round of each case counts
-    (this machine's load drifts: interleaving exposes every case to the same drift)."""
-    cases = _cases(port)
-    rows: dict[str, tuple[float, float]] = {}
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+Rows = dict[str, dict[str, tuple[float, float]]]
+
+
+def _run(
+    servers: dict[str, tuple[int, int]], seconds: float, clients: int, rounds: int
+) -> tuple[Rows, dict[str, dict[str, float]]]:
+    """Every case on every server (name -> (port, pid)) once per round, rounds interleaved;
+    the best round of each counts (this machine's load drifts: interleaving exposes every case
+    to the same drift). Also the server's CPU microseconds per request (lowest round), which
+    a loaded machine disturbs far less than requests/s."""
+    cases = {name: _cases(port) for name, (port, _) in servers.items()}
+    rows: Rows = {name: {} for name in servers}
+    cpu: dict[str, dict[str, float]] = {name: {} for name in servers}
     for _ in range(rounds):
-        for name, (path, body, headers) in cases.items():
-            rps, mbs = load(port, path, body, headers, seconds / rounds, clients)
-            if rps > rows.get(name, (0.0, 0.0))[0]:
-                rows[name] = (rps, mbs)
-    return rows
+        for case in cases[next(iter(servers))]:
+            for name, (port, pid) in servers.items():
+                path, body, headers = cases[name][case]
+                before = _cpu_seconds(pid)
+                rps, mbs = load(port, path, body, headers, seconds / rounds, clients)
+                us = (_cpu_seconds(pid) - before) / max(rps * seconds / rounds, 1) * 1e6
+                if rps > rows[name].get(case, (0.0, 0.0))[0]:
+                    rows[name][case] = (rps, mbs)
+                cpu[name][case] = min(cpu[name].get(case, us), us)
+    return rows, cpu
 
 
 def _cases(port: int) -> dict[str, tuple[str, bytes, dict[str, str]]]:
@@ -233,6 +294,20 @@ def _report(rows: dict[str, tuple[float, float]]) -> None:
     print(f"{'ratio':42} {'value':>7} {'floor':>6}")
     for name, value, floor in checks:
         print(f"{name:42} {value:7.2f} {floor:6.2f} {'ok' if value >= floor else 'BELOW'}")
+
+
+def _compare(rows: Rows, cpu: dict[str, dict[str, float]], names: list[str]) -> None:
+    base, others = names[0], names[1:]
+    print(f"== {base} against the others, same run: req/s ratio; server CPU us per request")
+    print(
+        f"{'route':32} "
+        + " ".join(f"{'/ ' + n:>12}" for n in others)
+        + " ".join(f"{'CPU ' + n:>15}" for n in names)
+    )
+    for case, (rps, _) in rows[base].items():
+        ratios = " ".join(f"{rps / rows[n][case][0]:12.2f}" for n in others)
+        cpus = " ".join(f"{cpu[n][case]:15.0f}" for n in names)
+        print(f"{case:32} {ratios}{cpus}")
 
 
 if __name__ == "__main__":

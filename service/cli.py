@@ -1,4 +1,4 @@
-"""The ``bnaas`` console script: ``bnaas serve --host --port --workers --store --device``."""
+"""The ``bnaas`` console script: ``bnaas serve`` with flags that override ``BNAAS_*`` settings."""
 
 from __future__ import annotations
 
@@ -6,52 +6,61 @@ import argparse
 import os
 from collections.abc import Sequence
 
-import uvicorn
+from pydantic import ValidationError
 
+from service import server
 from service.settings import Settings
 from service.stores import check_url
 
-_DEFAULT_STORE = str(Settings.model_fields["store"].default)
+# Flags that stand for a setting of the same name (``--log-level`` is ``BNAAS_LOG_LEVEL``).
+_SETTING_FLAGS = ("host", "port", "workers", "store", "device", "log_level", "access_log")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnaas", description="Batch Normalization as a Service")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP service")
-    env = os.environ.get
-    serve.add_argument("--host", default=env("BNAAS_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(env("BNAAS_PORT", "8000")))
-    serve.add_argument("--workers", type=int, default=int(env("BNAAS_WORKERS", "1")))
-    serve.add_argument("--store", default=None, help="memory:// or sqlite:///path (BNAAS_STORE)")
-    serve.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default=None, help="BNAAS_DEVICE"
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP service",
+        description="Run the HTTP service. Every flag overrides its BNAAS_* variable; the "
+        "limits and timeouts are BNAAS_* variables only (see the README).",
     )
-    serve.add_argument("--log-level", default=env("BNAAS_LOG_LEVEL", "info"))
+    serve.add_argument("--host", help="BNAAS_HOST (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="BNAAS_PORT (default 8000)")
+    serve.add_argument("--workers", type=int, help="BNAAS_WORKERS (default 1)")
+    serve.add_argument("--store", help="memory:// or sqlite:///path (BNAAS_STORE)")
+    serve.add_argument("--device", choices=("auto", "cpu", "cuda"), help="BNAAS_DEVICE")
+    serve.add_argument("--log-level", type=str.lower, help="BNAAS_LOG_LEVEL (default info)")
+    serve.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one log line per request (BNAAS_ACCESS_LOG, default off)",
+    )
+    serve.add_argument(
+        "--app",
+        default="service.app:app_from_env",
+        help=argparse.SUPPRESS,  # another app factory, for bench/ (bench.echo_app:app)
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    # Worker processes build their app from the environment, so flags travel through it.
-    if args.store is not None:
-        os.environ["BNAAS_STORE"] = args.store
-    if args.device is not None:
-        os.environ["BNAAS_DEVICE"] = args.device
-    os.environ["BNAAS_WORKERS"] = str(args.workers)  # a store that serves one process refuses
+    # Worker processes build their app (and its Settings) from the environment, so the flags
+    # travel through it: the server and the app read one and the same configuration.
+    for name in _SETTING_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            os.environ[f"BNAAS_{name.upper()}"] = text
     try:
-        check_url(os.environ.get("BNAAS_STORE") or _DEFAULT_STORE, args.workers)
-    except ValueError as exc:
+        settings = Settings()
+        check_url(settings.store, settings.workers)  # memory:// refuses several workers
+    except (ValidationError, ValueError) as exc:
         parser.error(str(exc))  # before any worker starts (uvicorn would restart them forever)
-    uvicorn.run(
-        "service.app:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    server.run(settings, app=args.app)
     return 0
 
 

@@ -10,6 +10,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 import bncore
@@ -161,6 +162,13 @@ def _http_error(request: Request, exc: Exception) -> Response:
     return resp
 
 
+def _client_gone(request: Request, exc: Exception) -> Response:
+    # Not a server error: the client left while its body was read. The server's edge logs
+    # the disconnect (service/server.py); this answer reaches no one. 499 as nginx counts it.
+    log.debug("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=499)
+
+
 def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(request, 500, "internal", "Internal server error", "internal server error")
@@ -172,4 +180,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(bncore.BNError, _engine_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -34,16 +34,59 @@ class Settings(BaseSettings):
     )
 
     # --- HTTP server edge: connection limits, timeouts, access log (service/server.py) ---
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: all interfaces)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="server processes sharing the port (and the store: memory:// refuses more "
+        "than 1; set BNAAS_WORKERS yourself when starting uvicorn by hand)",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="server log level"
+    )
+    access_log: bool = Field(False, description="log one line per request (costs ~0.15 ms each)")
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="open connections per worker; beyond it an idle keep-alive connection is "
+        "closed to make room, and only when none is idle is the new one refused (503)",
+    )
+    keepalive_timeout_s: float = Field(
+        5.0, gt=0, description="an idle keep-alive (or new, silent) connection is closed after this"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="time from a request's first byte to the end of its headers (408)"
+    )
+    body_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="a request body that brings fewer than BNAAS_BODY_MIN_RATE bytes/s over a "
+        "window of this many seconds (nothing at all included) is cut off with 408",
+    )
+    body_min_rate: int = Field(
+        1024, ge=0, description="bytes/s a request body must sustain (see BNAAS_BODY_TIMEOUT_S)"
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, gt=0, description="request line plus header section, in bytes (431 beyond)"
+    )
+    max_headers: int = Field(100, gt=0, description="header fields per request (431 beyond)")
+    max_request_line_bytes: int = Field(
+        8 * 1024, gt=0, description="request target (path and query) in bytes (414 beyond)"
+    )
+    linger_s: float = Field(
+        2.0,
+        ge=0,
+        description="after the server refuses a request (408, 414, 431, 503), how long it reads "
+        "and drops the rest of it so that the client gets to read the answer",
+    )
+    graceful_shutdown_s: float = Field(
+        10.0, ge=0, description="on SIGTERM, how long requests in flight may take to finish"
+    )
 
     # --- request decoding and authentication (codecs, auth) ---
 
     # --- stores, commits and history (service/stores, service/commit.py) ---
-    workers: int = Field(
-        1,
-        ge=1,
-        description="worker processes serving the store (`bnaas serve --workers` sets it; set it "
-        "yourself when starting uvicorn by hand): memory:// refuses more than 1",
-    )
     store_timeout_s: float = Field(
         5.0,
         gt=0,

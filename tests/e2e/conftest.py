@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.docker_engine import Engine, docker_engine_fixture
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -32,6 +34,7 @@ class Server:
         port: int | None = None,
         log: Path | None = None,
         env: dict[str, str] | None = None,
+        log_level: str = "warning",
         popen: dict[str, Any] | None = None,
     ):
         self.store, self.workers = store, workers
@@ -39,6 +42,7 @@ class Server:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
         self.popen = popen or {}  # extra Popen arguments (e.g. user= to run unprivileged)
 
@@ -60,7 +64,7 @@ class Server:
             "--device",
             "cpu",
             "--log-level",
-            "warning",
+            self.log_level,
         ]
         if self.log is None:
             self.proc = subprocess.Popen(
@@ -109,3 +113,10 @@ def server(sqlite_url: str, tmp_path: Path) -> Iterator[Server]:
     s = Server(sqlite_url, log=tmp_path / "server.log").start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """A Docker engine with the local base image (tests/e2e/docker_engine.py); started here,
+    and stopped at the end, only when none was running."""
+    yield from docker_engine_fixture(tmp_path_factory)
