@@ -73,6 +73,9 @@ class IdempotencyMismatch(ServiceError):
 class StoreUnavailable(ServiceError):
     status, slug, title = 503, "store-unavailable", "Session store unavailable"
 
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail, {"Retry-After": str(retry_after_s)})
+
 
 # Domain errors of the engine: (status, problem slug, title).
 ENGINE_ERRORS: dict[type[bncore.BNError], tuple[int, str, str]] = {

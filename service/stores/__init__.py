@@ -8,21 +8,46 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from service.stores.base import Replay, Session, Store
+from service.stores.base import Session, Store, StoreOptions
 from service.stores.memory import MemoryStore
-from service.stores.sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "Replay", "SQLiteStore", "Session", "Store", "open_store"]
+__all__ = [
+    "MemoryStore",
+    "SQLiteStore",
+    "Session",
+    "Store",
+    "StoreOptions",
+    "check_url",
+    "open_store",
+]
+
+_SCHEMES = "memory://, sqlite:///path"
 
 
-def open_store(url: str, idempotency_ttl_s: float = 86400.0, xp: ModuleType = np) -> Store:
+def check_url(url: str, workers: int = 1) -> None:
+    """``ValueError`` with a clear message for a URL no store opens, or a store that cannot
+    serve ``workers`` processes (the CLI calls this before any worker starts)."""
+    scheme = urlparse(url).scheme
+    if scheme == "memory" and workers > 1:
+        raise ValueError(
+            f"the memory:// store keeps sessions inside one process; it cannot serve {workers} "
+            "worker processes (use sqlite:/// or redis://, or --workers 1)"
+        )
+    if scheme == "sqlite" and not url.startswith("sqlite:///"):
+        raise ValueError(f"sqlite store URL needs a path: sqlite:///file.db, got {url!r}")
+    if scheme not in ("memory", "sqlite"):
+        raise ValueError(f"unknown store URL {url!r}: use {_SCHEMES}")
+
+
+def open_store(url: str, options: StoreOptions | None = None, xp: ModuleType = np) -> Store:
     """``memory://`` or ``sqlite:///relative/path`` / ``sqlite:////absolute/path``."""
-    parsed = urlparse(url)
-    if parsed.scheme == "memory":
-        return MemoryStore(idempotency_ttl_s)
-    if parsed.scheme == "sqlite":
-        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
-        if not path:
-            raise ValueError(f"sqlite store URL needs a path: sqlite:///file.db, got {url!r}")
-        return SQLiteStore(Path(path), idempotency_ttl_s, xp)
-    raise ValueError(f"unknown store URL {url!r}: use memory:// or sqlite:///path")
+    options = options or StoreOptions()
+    check_url(url, options.workers)
+    if url.startswith("memory:"):
+        return MemoryStore(options)
+    path = url[len("sqlite:///") :]
+    if not path:
+        raise ValueError(f"sqlite store URL needs a path: sqlite:///file.db, got {url!r}")
+    from service.stores.sqlite import SQLiteStore  # noqa: PLC0415 (WIP: being rewritten)
+
+    return SQLiteStore(Path(path), options, xp)

@@ -1,21 +1,34 @@
-"""The Store interface: durable sessions with atomic updates, versions and idempotency.
+"""The Store interface: durable sessions, a versioned commit, O(C) idempotency receipts and a
+bounded per-session fit history.
 
-The store, not the route, owns atomicity, the version counter and the idempotency records:
-``update(session_id, fn)`` runs ``fn(session) -> (new_state | None, result)`` under the
-session's lock or transaction, and saves the rendered response for an ``Idempotency-Key``
-in the same step, so a retry returns the first answer and nothing is applied twice.
+A store owns durability, the version check, the receipts and the history bounds, nothing else.
+The arithmetic of a change runs in ``service.commit`` ("compute outside, commit inside"): it
+reads ``(version, state)``, combines in O(C) and calls ``commit(expected_version, ...)``, which
+answers ``Committed`` | ``Conflict`` (someone else moved the version: re-read and recombine) |
+``Duplicate`` (the idempotency key is already held: answer from its receipt). Every method is
+thread-safe. A store that cannot serve raises ``service.errors.StoreUnavailable`` (503 +
+Retry-After), never anything else; a record that cannot be decoded is ``CorruptRecord`` (a
+``StoreUnavailable``): never a 409 and never a 500.
+
+Owners: ``owner=None`` means "any caller" (no API keys configured); otherwise a session whose
+owner differs answers exactly like a missing one (``SessionNotFound``), and stores check it
+before they read the state, so "not yours" and "not there" cost the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Protocol
 
 from bncore import BNState
-from service.errors import IdempotencyMismatch, PreconditionFailed
+from service.errors import IdempotencyMismatch, PreconditionFailed, StoreUnavailable
 
-R = TypeVar("R")
+CREATE_SCOPE = "create:"  # receipt scope of session creation: CREATE_SCOPE + (owner or "")
+
+
+def create_scope(owner: str | None) -> str:
+    """The receipt scope of creates by ``owner``: each owner has its own key space."""
+    return CREATE_SCOPE + (owner or "")
 
 
 @dataclass(frozen=True)
@@ -32,24 +45,114 @@ class Session:
 
 
 @dataclass(frozen=True)
-class Replay:
-    """A response saved under an idempotency key, returned verbatim on retry."""
-
-    status: int
-    media_type: str
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Idempotency:
-    """An ``Idempotency-Key`` with the request's fingerprint and how to render the answer."""
+    """An ``Idempotency-Key`` with the fingerprint of the request that carried it."""
 
     key: str
     fingerprint: str
 
 
-Render = Callable[[Session, R], Replay]
+@dataclass(frozen=True)
+class Receipt:
+    """What a store keeps for an idempotency key: O(C), never a rendered response body.
+
+    ``scope`` is the session id for changes of a session, ``create_scope(owner)`` for creates.
+    ``session_id`` is the session the request created or changed: deleting that session drops
+    every receipt that names it (so create, DELETE, the same create again makes a new session).
+    ``version`` is the version the request produced; ``payload`` is the operation's own O(C)
+    record (``service.commit`` encodes it: the batch statistics of a fit, ...), opaque to stores.
+    Receipts expire ``idempotency_ttl_s`` after ``created_at`` (seconds since the epoch).
+    """
+
+    scope: str
+    key: str
+    fingerprint: str
+    session_id: str
+    version: int
+    payload: bytes
+    created_at: float
+
+    def check(self, idem: Idempotency) -> None:
+        """``IdempotencyMismatch`` (422) when the key comes back with another request."""
+        if self.fingerprint != idem.fingerprint:
+            raise IdempotencyMismatch(f"Idempotency-Key {idem.key!r} was used with another request")
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One fit as the history keeps it. ``full`` carries per-channel values (kept for the
+    ``recent`` newest fits of a session), ``brief`` only the summary (kept for older fits whose
+    version is a multiple of ``every``). Both are opaque bytes to stores."""
+
+    version: int  # the version this fit produced (unique per session)
+    time: float
+    full: bytes
+    brief: bytes
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    """One stored history entry: ``data`` is the entry's ``full`` bytes when ``full``, else
+    its ``brief`` bytes."""
+
+    version: int
+    data: bytes
+    full: bool
+
+
+@dataclass(frozen=True)
+class HistoryPolicy:
+    """How much history a store keeps per session (bounded, whatever the number of fits).
+
+    After each commit with a history entry: the ``recent`` newest entries are kept full; an
+    entry older than those is kept brief when ``version % every == 0`` and dropped otherwise;
+    of the brief entries only the ``older`` newest are kept. ``recent == 0`` keeps no history.
+    """
+
+    recent: int = 100
+    every: int = 10
+    older: int = 1000
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """What every engine is opened with (``open_store``); built from the settings."""
+
+    idempotency_ttl_s: float = 24 * 3600.0
+    history: HistoryPolicy = HistoryPolicy()
+    timeout_s: float = 5.0  # longest wait for the store (a lock, a connection, a reply): then 503
+    pool_size: int = 4  # connections per process (SQLite readers, Redis pool)
+    workers: int = 1  # server worker processes sharing the store (memory refuses more than 1)
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The commit is durable; ``session`` is the stored session after it."""
+
+    session: Session
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """The session is no longer at the expected version (another writer moved it)."""
+
+    version: int  # the version found
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """The receipt's key is already held (unexpired): nothing was written."""
+
+    receipt: Receipt
+
+
+CommitResult = Committed | Conflict | Duplicate
+
+
+class CorruptRecord(StoreUnavailable):
+    """A stored record cannot be decoded (torn write, foreign bytes): 503, never 409/500."""
+
+    slug, title = "store-corrupt", "Session record cannot be read"
 
 
 def check_version(version: int, if_match: int | None) -> None:
@@ -58,57 +161,59 @@ def check_version(version: int, if_match: int | None) -> None:
         raise PreconditionFailed(f"session is at version {version}, not {if_match}")
 
 
-def check_fingerprint(idem: Idempotency, stored: str) -> None:
-    """``IdempotencyMismatch`` when a known key comes back with another request."""
-    if stored != idem.fingerprint:
-        raise IdempotencyMismatch(f"Idempotency-Key {idem.key!r} was used with another request")
-
-
-Change = Callable[[Session], tuple[BNState | None, R]]
-
-
 class Store(Protocol):
-    """What every engine (memory, SQLite, ...) provides. All methods are thread-safe."""
+    """What every engine (memory, SQLite, Redis) provides. All methods are thread-safe."""
 
-    def create(
-        self,
-        session: Session,
-        *,
-        idem: Idempotency | None = None,
-        render: Render[None] | None = None,
-    ) -> Session | Replay:
-        """Insert a new session; with ``idem`` a retry returns the first ``Replay``."""
+    def read(self, session_id: str, owner: str | None = None) -> Session:
+        """The session, or ``SessionNotFound`` (also when ``owner`` is given and differs:
+        checked before the state is read)."""
         ...
 
-    def get(self, session_id: str) -> Session:
-        """The session, or ``SessionNotFound``."""
+    def commit(
+        self,
+        session_id: str,
+        expected_version: int,
+        state: BNState,
+        *,
+        receipt: Receipt | None = None,
+        history: HistoryEntry | None = None,
+    ) -> CommitResult:
+        """Atomically, in this order: ``Duplicate`` if ``receipt``'s (scope, key) is held and
+        unexpired; ``SessionNotFound`` if the session is gone; ``Conflict`` unless it is at
+        ``expected_version``; else store ``state`` at version ``expected_version + 1``
+        (``updated_at`` now), the receipt and the history entry (applying the
+        ``HistoryPolicy``) and return ``Committed`` once all of it is durable."""
+        ...
+
+    def create(self, session: Session, *, receipt: Receipt | None = None) -> CommitResult:
+        """Insert a new session (its id is fresh and unguessable): ``Committed``, or
+        ``Duplicate`` when ``receipt``'s (scope, key) is held and unexpired."""
+        ...
+
+    def receipt(self, scope: str, key: str) -> Receipt | None:
+        """The unexpired receipt of ``key`` in ``scope``, or None."""
+        ...
+
+    def delete(
+        self, session_id: str, owner: str | None = None, if_match: int | None = None
+    ) -> None:
+        """Remove a session, its history and every receipt naming it; ``SessionNotFound``,
+        ``PreconditionFailed`` when ``if_match`` is not the current version."""
+        ...
+
+    def history(self, session_id: str, limit: int, before: int | None = None) -> list[HistoryItem]:
+        """Up to ``limit`` entries with ``version < before`` (all when None), newest first.
+        The caller checks the owner (``read``) first; an unknown session has no entries."""
         ...
 
     def list(self, limit: int, after: str | None, owner: str | None = None) -> list[Session]:
         """Sessions ordered by id, ``limit`` of them after id ``after`` (of ``owner`` if given)."""
         ...
 
-    def delete(self, session_id: str, if_match: int | None = None) -> None:
-        """Remove a session (and its idempotency records)."""
-        ...
-
-    def update(
-        self,
-        session_id: str,
-        fn: Change[R],
-        *,
-        if_match: int | None = None,
-        idem: Idempotency | None = None,
-        render: Render[R] | None = None,
-    ) -> tuple[Session, R] | Replay:
-        """Atomically apply ``fn``; a new state bumps the version. ``PreconditionFailed`` if
-        ``if_match`` is not the current version; a known ``idem`` key returns its ``Replay``."""
-        ...
-
     def ping(self) -> None:
-        """Raise ``StoreUnavailable`` when the store cannot serve."""
+        """Raise ``StoreUnavailable`` when the store cannot serve (readiness)."""
         ...
 
     def close(self) -> None:
-        """Release connections."""
+        """Release connections and threads."""
         ...

@@ -1,18 +1,24 @@
-"""A store as one API key sees it: only its own sessions, its own idempotency keys.
+"""A store as one API key sees it: the caller's owner id bound to every owner-checked call.
 
-Another owner's session answers exactly like a missing one (404), so ids leak nothing.
+Another owner's session answers exactly like a missing one (404), and the store checks the
+owner before it reads the state, so ids leak nothing, not even through timing.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TypeVar
 
 from bncore import BNState
-from service.errors import SessionNotFound
-from service.stores.base import Change, Idempotency, Render, Replay, Session, Store
-
-R = TypeVar("R")
+from service.stores.base import (
+    CREATE_SCOPE,
+    CommitResult,
+    HistoryEntry,
+    HistoryItem,
+    Receipt,
+    Session,
+    Store,
+    create_scope,
+)
 
 
 class OwnedStore:
@@ -22,52 +28,43 @@ class OwnedStore:
         self.inner = inner
         self.owner = owner
 
-    def _idem(self, idem: Idempotency | None) -> Idempotency | None:
-        return None if idem is None else replace(idem, key=f"{self.owner}:{idem.key}")
+    def read(self, session_id: str, owner: str | None = None) -> Session:
+        return self.inner.read(session_id, self.owner)
 
-    def create(
+    def commit(
         self,
-        session: Session,
+        session_id: str,
+        expected_version: int,
+        state: BNState,
         *,
-        idem: Idempotency | None = None,
-        render: Render[None] | None = None,
-    ) -> Session | Replay:
-        return self.inner.create(
-            replace(session, owner=self.owner), idem=self._idem(idem), render=render
+        receipt: Receipt | None = None,
+        history: HistoryEntry | None = None,
+    ) -> CommitResult:
+        # Callers read (owner checked) before they commit, and owners never change.
+        return self.inner.commit(
+            session_id, expected_version, state, receipt=receipt, history=history
         )
 
-    def get(self, session_id: str) -> Session:
-        session = self.inner.get(session_id)
-        if session.owner != self.owner:
-            raise SessionNotFound(session_id)
-        return session
+    def create(self, session: Session, *, receipt: Receipt | None = None) -> CommitResult:
+        if receipt is not None:
+            receipt = replace(receipt, scope=create_scope(self.owner))
+        return self.inner.create(replace(session, owner=self.owner), receipt=receipt)
+
+    def receipt(self, scope: str, key: str) -> Receipt | None:
+        if scope.startswith(CREATE_SCOPE):  # creates: this owner's key space only
+            scope = create_scope(self.owner)
+        return self.inner.receipt(scope, key)
+
+    def delete(
+        self, session_id: str, owner: str | None = None, if_match: int | None = None
+    ) -> None:
+        self.inner.delete(session_id, self.owner, if_match)
+
+    def history(self, session_id: str, limit: int, before: int | None = None) -> list[HistoryItem]:
+        return self.inner.history(session_id, limit, before)
 
     def list(self, limit: int, after: str | None, owner: str | None = None) -> list[Session]:
         return self.inner.list(limit, after, self.owner)
-
-    def delete(self, session_id: str, if_match: int | None = None) -> None:
-        self.get(session_id)  # owners never change, so checking first is enough
-        self.inner.delete(session_id, if_match)
-
-    def update(
-        self,
-        session_id: str,
-        fn: Change[R],
-        *,
-        if_match: int | None = None,
-        idem: Idempotency | None = None,
-        render: Render[R] | None = None,
-    ) -> tuple[Session, R] | Replay:
-        self.get(session_id)  # a foreign session is 404 before If-Match could answer 412
-
-        def owned(session: Session) -> tuple[BNState | None, R]:
-            if session.owner != self.owner:  # cannot happen (owners never change): belt and braces
-                raise SessionNotFound(session_id)
-            return fn(session)
-
-        return self.inner.update(
-            session_id, owned, if_match=if_match, idem=self._idem(idem), render=render
-        )
 
     def ping(self) -> None:
         self.inner.ping()

@@ -1,0 +1,359 @@
+"""The one write path of every store: compute outside, commit inside.
+
+A route computes what does not depend on the stored state (a fit's batch moments: the O(N*C)
+part) with no lock held, then ``Commits`` takes a per-session single-flight lock in this
+process, reads ``(version, state)``, combines in O(C) and calls ``store.commit(expected
+version, ...)``: ``Committed`` (done), ``Conflict`` (another process moved the version: re-read
+and combine again, the batch moments are reused; bounded, then 503) or ``Duplicate`` (the
+idempotency key is held: answer from its receipt). Outputs (a fit's normalized batch) are
+computed after the commit, outside the lock, from the state the batch was combined with.
+
+Every retry with a known ``Idempotency-Key`` is answered from an O(C) receipt and the retried
+body (its fingerprint matches, so it is the same body): the answer equals the first one byte
+for byte, and nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+import bncore
+from service.errors import StoreUnavailable
+from service.records import FitRecord, pack, unpack
+from service.stores.base import (
+    Committed,
+    Conflict,
+    CorruptRecord,
+    Duplicate,
+    HistoryEntry,
+    Idempotency,
+    Receipt,
+    Session,
+    Store,
+    check_version,
+    create_scope,
+)
+
+Array = Any
+T = TypeVar("T")
+
+
+class CommitEvents(Protocol):
+    """Where commit outcomes are counted (``service.metrics.Metrics`` implements it)."""
+
+    def observe_commit(self, outcome: str) -> None:
+        """One ``store.commit`` answered ``committed``, ``conflict`` or ``duplicate``."""
+
+    def observe_retry(self) -> None:
+        """A conflict made the loop re-read and combine again."""
+
+    def observe_replay(self) -> None:
+        """A request was answered from an idempotency receipt."""
+
+
+class NoEvents:
+    """Counts nothing (tests, or no metrics wired)."""
+
+    def observe_commit(self, outcome: str) -> None:
+        return None
+
+    def observe_retry(self) -> None:
+        return None
+
+    def observe_replay(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """A committed (or replayed) fit: its record and the normalized batch (None if not asked)."""
+
+    record: FitRecord
+    output: Array | None
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class ChangeOutcome:
+    """A committed (or replayed) change: the state it was applied to, the version it produced
+    and the session as it is now (on a replay, later changes may have followed)."""
+
+    before: bncore.BNState
+    version: int
+    session: Session
+    replayed: bool
+
+
+@dataclass
+class _Flight:
+    """One session's single-flight lock and the last session this process committed."""
+
+    lock: threading.Lock
+    users: int = 0
+    last: Session | None = None
+
+
+class _Flights:
+    """Per-session locks, dropped as soon as no thread holds or waits for them (bounded by
+    the number of requests in flight, whatever the number of sessions)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    @contextmanager
+    def hold(self, session_id: str, timeout_s: float) -> Iterator[_Flight]:
+        with self._guard:
+            flight = self._flights.get(session_id)
+            if flight is None:
+                flight = self._flights[session_id] = _Flight(threading.Lock())
+            flight.users += 1
+        try:
+            if not flight.lock.acquire(timeout=timeout_s):
+                raise StoreUnavailable(
+                    f"session {session_id!r} is busy: no commit slot within {timeout_s:g} s"
+                )
+            try:
+                yield flight
+            finally:
+                flight.lock.release()
+        finally:
+            with self._guard:
+                flight.users -= 1
+                if flight.users == 0:
+                    del self._flights[session_id]
+
+
+# What a combine step gives the loop: the new state, the receipt payload, the history entry
+# and a value for the caller.
+Built = tuple[bncore.BNState, bytes, HistoryEntry | None, T]
+
+
+class Commits:
+    """The commit loop, one per app (process): ``fit``, ``change`` and ``create``."""
+
+    def __init__(
+        self, events: CommitEvents | None = None, *, retries: int = 16, timeout_s: float = 10.0
+    ) -> None:
+        self.events: CommitEvents = events or NoEvents()
+        self._retries = retries
+        self._timeout_s = timeout_s
+        self._flights = _Flights()
+
+    def in_flight(self) -> int:
+        """Sessions with a commit in flight in this process (the lock table's size)."""
+        return len(self._flights)
+
+    def _replay(self, receipt: Receipt, idem: Idempotency) -> Receipt:
+        receipt.check(idem)
+        self.events.observe_replay()
+        return receipt
+
+    def _known(self, store: Store, scope: str, idem: Idempotency | None) -> Receipt | None:
+        if idem is None:
+            return None
+        found = store.receipt(scope, idem.key)
+        return None if found is None else self._replay(found, idem)
+
+    def _loop(
+        self,
+        store: Store,
+        snapshot: Session,
+        build: Callable[[Session], Built[T]],
+        if_match: int | None,
+        idem: Idempotency | None,
+    ) -> tuple[Session, Session, T] | Receipt:
+        """Combine on the current state and commit until committed; (before, after, value),
+        or the receipt of a duplicate."""
+        sid = snapshot.id
+        with self._flights.hold(sid, self._timeout_s) as flight:
+            current, fresh = snapshot, False
+            if flight.last is not None and flight.last.version > current.version:
+                current = flight.last  # committed here since the caller read: skip a conflict
+            for attempt in range(self._retries + 1):
+                if if_match is not None and current.version != if_match and not fresh:
+                    current, fresh = store.read(sid), True  # If-Match is judged on fresh data
+                check_version(current.version, if_match)
+                state, payload, history, value = build(current)
+                receipt = None
+                if idem is not None:
+                    v = current.version + 1
+                    receipt = Receipt(sid, idem.key, idem.fingerprint, sid, v, payload, time.time())
+                out = store.commit(sid, current.version, state, receipt=receipt, history=history)
+                if isinstance(out, Committed):
+                    self.events.observe_commit("committed")
+                    flight.last = out.session
+                    return current, out.session, value
+                if isinstance(out, Duplicate):
+                    self.events.observe_commit("duplicate")
+                    assert idem is not None
+                    return self._replay(out.receipt, idem)
+                assert isinstance(out, Conflict)
+                self.events.observe_commit("conflict")
+                self.events.observe_retry()
+                # Another process committed: spread the retries of racing replicas apart.
+                time.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
+                current, fresh = store.read(sid), True
+        raise StoreUnavailable(
+            f"session {sid!r} changed under {self._retries + 1} commits in a row; retry",
+        )
+
+    def fit(
+        self,
+        store: Store,
+        session: Session,
+        x: Array,
+        *,
+        if_match: int | None = None,
+        idem: Idempotency | None = None,
+        output: bool = True,
+    ) -> FitOutcome:
+        """Fit ``x`` (an array of the backend) into ``session`` (as read, owner checked)."""
+        known = self._known(store, session.id, idem)
+        if known is not None:
+            return self._replayed_fit(session, x, FitRecord.from_bytes(known.payload), output)
+        batch = bncore.batch_stats(session.state, x)  # the O(N*C) part: no lock held
+
+        def build(current: Session) -> Built[FitRecord]:
+            state = bncore.apply_batch(current.state, batch)
+            record = _fit_record(current, state, batch)
+            return state, record.to_bytes(), record.history_entry(), record
+
+        out = self._loop(store, session, build, if_match, idem)
+        if isinstance(out, Receipt):
+            return self._replayed_fit(session, x, FitRecord.from_bytes(out.payload), output)
+        before, _, record = out
+        y = bncore.normalize(before.state, x, batch) if output else None
+        return FitOutcome(record, y, False)
+
+    def _replayed_fit(
+        self, session: Session, x: Array, record: FitRecord, output: bool
+    ) -> FitOutcome:
+        if not output:
+            return FitOutcome(record, None, True)
+        # The weight, bias and eps that normalized the first answer, on the session's device.
+        xp = bncore.namespace(session.state.population.mean)
+        cfg = replace(session.state.config, eps=record.eps)
+        used = replace(
+            session.state,
+            config=cfg,
+            weight=None if record.weight is None else xp.asarray(record.weight),
+            bias=None if record.bias is None else xp.asarray(record.bias),
+        )
+        b = record.batch
+        batch = bncore.Moments(xp.asarray(b.count), xp.asarray(b.mean), xp.asarray(b.m2))
+        return FitOutcome(record, bncore.normalize(used, x, batch), True)
+
+    def change(
+        self,
+        store: Store,
+        session: Session,
+        fn: Callable[[bncore.BNState], bncore.BNState],
+        *,
+        if_match: int | None = None,
+        idem: Idempotency | None = None,
+    ) -> ChangeOutcome:
+        """Apply the O(C) ``fn`` (reset, import, an SGD step) to the current state. A receipt
+        keeps the state it was applied to, so a retry recomputes its answer from it."""
+        known = self._known(store, session.id, idem)
+        if known is not None:
+            return self._replayed_change(store, session, known)
+
+        def build(current: Session) -> Built[None]:
+            payload = bncore.state_to_bytes(current.state) if idem is not None else b""
+            return fn(current.state), payload, None, None
+
+        out = self._loop(store, session, build, if_match, idem)
+        if isinstance(out, Receipt):
+            return self._replayed_change(store, session, out)
+        before, after, _ = out
+        return ChangeOutcome(before.state, after.version, after, False)
+
+    def _replayed_change(self, store: Store, session: Session, receipt: Receipt) -> ChangeOutcome:
+        xp = bncore.namespace(session.state.population.mean)
+        try:
+            before = bncore.state_from_bytes(receipt.payload, xp)
+        except bncore.StateError as exc:
+            raise _corrupt(exc) from None
+        return ChangeOutcome(before, receipt.version, store.read(session.id), True)
+
+    def create(
+        self, store: Store, session: Session, idem: Idempotency | None = None
+    ) -> tuple[Session, bool]:
+        """Store a new ``session`` (owner set); with ``idem`` a retry answers the session as it
+        was created (``(session, True)``) unless that session was deleted since."""
+        scope = create_scope(session.owner)
+        known = self._known(store, scope, idem)
+        if known is not None:
+            return _created(known, session), True
+        receipt = None
+        if idem is not None:
+            payload = _creation_payload(session)
+            receipt = Receipt(
+                scope, idem.key, idem.fingerprint, session.id, 1, payload, time.time()
+            )
+        out = store.create(session, receipt=receipt)
+        if isinstance(out, Duplicate):
+            assert idem is not None
+            self.events.observe_commit("duplicate")
+            return _created(self._replay(out.receipt, idem), session), True
+        assert isinstance(out, Committed)
+        self.events.observe_commit("committed")
+        return out.session, False
+
+
+def _fit_record(before: Session, after: bncore.BNState, batch: bncore.Moments) -> FitRecord:
+    """The O(C) record of a fit combined on ``before``: drift against its running stats."""
+    state = before.state
+    drift = bncore.drift(state, batch)
+    summary = drift.summary() if drift is not None else None
+    flags = bncore.drift_flags(state.config, summary) if summary is not None else []
+    host = bncore.to_host
+    return FitRecord(
+        version=before.version + 1,
+        num_batches_tracked=after.num_batches_tracked,
+        time=time.time(),
+        batch=bncore.Moments(host(batch.count), host(batch.mean), host(batch.m2)),
+        weight=None if state.weight is None else host(state.weight),
+        bias=None if state.bias is None else host(state.bias),
+        eps=state.config.eps,
+        drift=None
+        if drift is None
+        else bncore.Drift(host(drift.mean_shift), host(drift.log_var_ratio), host(drift.kl)),
+        summary=summary,
+        flags=flags,
+    )
+
+
+def _creation_payload(session: Session) -> bytes:
+    """A created session at version 1, O(C): enough to answer a retried create identically."""
+    record = np.frombuffer(bncore.state_to_bytes(session.state), np.uint8)
+    meta = {"name": session.name, "created_at": session.created_at}
+    return pack(meta, {"state": record})
+
+
+def _created(receipt: Receipt, like: Session) -> Session:
+    """The session as ``receipt``'s create stored it (for the replayed 201)."""
+    meta, arrays = unpack(receipt.payload)
+    xp = bncore.namespace(like.state.population.mean)
+    try:
+        state = bncore.state_from_bytes(arrays["state"].tobytes(), xp)
+        created = float(meta["created_at"])
+        return Session(receipt.session_id, state, 1, created, created, meta["name"], like.owner)
+    except (KeyError, TypeError, ValueError, bncore.StateError) as exc:
+        raise _corrupt(exc) from None
+
+
+def _corrupt(exc: Exception) -> StoreUnavailable:
+    return CorruptRecord(f"an idempotency receipt cannot be read: {exc}")
