@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from importlib.resources import files
 from types import ModuleType
 from typing import Any, TypeVar
@@ -40,9 +41,9 @@ from service.stores.base import (
     Duplicate,
     HistoryEntry,
     HistoryItem,
-    HistoryPolicy,
     Receipt,
     Session,
+    StoreOptions,
     check_version,
 )
 
@@ -51,7 +52,7 @@ log = logging.getLogger("bnaas")
 
 LIBRARY = files("service.stores").joinpath("redis_functions.lua").read_text()
 INDEX = "bnaas:sessions"  # sorted set of every session id (score 0: ordered by id)
-RETRY_AFTER_S = "1"
+RETRY_AFTER_S = 1
 # Replies of a Redis that cannot serve for now: loading its data, a read-only replica after a
 # failover, out of memory, its AOF not writable (disk full), a cluster resharding. 503s.
 _UNAVAILABLE = ("LOADING", "READONLY", "OOM", "MISCONF", "MASTERDOWN", "TRYAGAIN",
@@ -73,6 +74,14 @@ def owner_index(owner: str) -> str:
     return f"{INDEX}:owner:{owner}"
 
 
+def _ids_after(r: redis.Redis, index: str, start: str, count: int) -> list[str]:
+    """Up to ``count`` ids of ``index`` after ``start`` (``-`` or ``(id``), in order."""
+    return [
+        i.decode() if isinstance(i, bytes) else i
+        for i in r.zrangebylex(index, start, "+", 0, count)
+    ]
+
+
 def _text(value: bytes | None) -> str | None:
     return value.decode() if value else None
 
@@ -84,21 +93,15 @@ def _owner_args(owner: str | None) -> list[str]:
 class RedisStore:
     """The store interface on Redis (``redis://`` or ``rediss://``, password in the URL)."""
 
-    def __init__(
-        self,
-        url: str,
-        idempotency_ttl_s: float = 86400.0,
-        xp: ModuleType = np,
-        history: HistoryPolicy | None = None,
-        timeout_s: float = 2.0,
-        max_connections: int = 64,
-    ) -> None:
-        self._ttl_ms = max(1, int(idempotency_ttl_s * 1000))
+    def __init__(self, url: str, options: StoreOptions | None = None, xp: ModuleType = np) -> None:
+        options = options or StoreOptions()
+        timeout_s = options.timeout_s
+        self._ttl_ms = max(1, int(options.idempotency_ttl_s * 1000))
         self._xp = xp
-        self._policy = history or HistoryPolicy()
+        self._policy = options.history
         pool = redis.BlockingConnectionPool.from_url(
             url,
-            max_connections=max_connections,
+            max_connections=options.pool_size,
             timeout=timeout_s,  # waiting for a free connection is bounded too
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
@@ -140,7 +143,7 @@ class RedisStore:
             raise
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
-        return StoreUnavailable(f"{self._where} unavailable: {exc}", {"Retry-After": RETRY_AFTER_S})
+        return StoreUnavailable(f"{self._where} unavailable: {exc}", RETRY_AFTER_S)
 
     def _fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
         """A library function; a Redis that lost the library (restarted without persistence,
@@ -240,7 +243,8 @@ class RedisStore:
             self._forget(session_id)
             raise SessionNotFound(session_id)
         if outcome == b"duplicate":
-            return Duplicate(self._receipt(receipt.scope if receipt else "", receipt, reply[1:]))
+            assert receipt is not None  # only a commit with a receipt finds one held
+            return Duplicate(self._receipt(receipt.scope, receipt.key, reply[1:]))
         if outcome == b"conflict":
             return Conflict(int(reply[1]))
         version, updated, owner, name, created = reply[1:]
@@ -260,9 +264,8 @@ class RedisStore:
         ]  # fmt: skip
 
     @staticmethod
-    def _receipt(scope: str, asked: Receipt | None, fields: list[Any]) -> Receipt:
+    def _receipt(scope: str, key: str, fields: list[Any]) -> Receipt:
         fp, sid, version, payload, created = fields
-        key = asked.key if asked else ""
         return Receipt(
             scope, key, fp.decode(), sid.decode(), int(version), bytes(payload), float(created)
         )
@@ -309,7 +312,7 @@ class RedisStore:
             reply = self._fcall("bnaas_claim_v1", [rkey], [*args, stale])
             if reply[0] == b"claimed":
                 return None
-            held = self._receipt(receipt.scope, receipt, reply[1:])
+            held = self._receipt(receipt.scope, receipt.key, reply[1:])
             if self._exists(held.session_id):
                 return held
             stale = held.session_id
@@ -321,40 +324,12 @@ class RedisStore:
     def receipt(self, scope: str, key: str) -> Receipt | None:
         session_scoped = not scope.startswith("create:")
         rkey = receipt_key(scope, key, session_scoped)
-        fields = self._call(lambda r: r.hmget(rkey, "fp", "sid", "ver", "pl", "ca"))
+        fields: list[Any] = self._call(lambda r: r.hmget(rkey, "fp", "sid", "ver", "pl", "ca"))
         if fields[0] is None:
             return None
-        fp, sid, version, payload, created = fields
-        held = Receipt(
-            scope, key, fp.decode(), sid.decode(), int(version), bytes(payload), float(created)
-        )
+        held = self._receipt(scope, key, fields)
         # Deleting a session drops every receipt that names it.
         return held if self._exists(held.session_id) else None
-
-    def list(self, limit: int, after: str | None, owner: str | None = None) -> list[Session]:
-        index = owner_index(owner) if owner else INDEX
-        out: list[Session] = []
-        start = f"({after}" if after else "-"
-        while len(out) < limit:
-            want = limit - len(out)
-            ids = [
-                i.decode()
-                for i in self._call(lambda r, s=start, n=want: r.zrangebylex(index, s, "+", 0, n))
-            ]
-            if not ids:
-                break
-
-            def fetch(r: redis.Redis, ids: list[str] = ids) -> list[Any]:
-                pipe = r.pipeline(transaction=False)
-                for sid in ids:
-                    pipe.hmget(session_keys(sid)[0], "v", "own", "name", "ca", "ua", "st")
-                return pipe.execute()
-
-            for sid, row in zip(ids, self._call(fetch), strict=True):
-                if row[0] is not None and (owner is None or _text(row[1]) == owner):
-                    out.append(self._session(sid, row))
-            start = f"({ids[-1]}"
-        return out
 
     def delete(
         self, session_id: str, owner: str | None = None, if_match: int | None = None
@@ -402,6 +377,30 @@ class RedisStore:
         ]
         items.sort(key=lambda h: h.version, reverse=True)
         return items[:limit]
+
+    def list(self, limit: int, after: str | None, owner: str | None = None) -> list[Session]:
+        index = owner_index(owner) if owner else INDEX
+        out: list[Session] = []
+        start = f"({after}" if after else "-"
+        while len(out) < limit:
+            page: Callable[[redis.Redis], list[str]] = partial(
+                _ids_after, index=index, start=start, count=limit - len(out)
+            )
+            ids = self._call(page)
+            if not ids:
+                break
+
+            def fetch(r: redis.Redis, ids: list[str] = ids) -> list[Any]:
+                pipe = r.pipeline(transaction=False)
+                for sid in ids:
+                    pipe.hmget(session_keys(sid)[0], "v", "own", "name", "ca", "ua", "st")
+                return pipe.execute()
+
+            for sid, row in zip(ids, self._call(fetch), strict=True):
+                if row[0] is not None and (owner is None or _text(row[1]) == owner):
+                    out.append(self._session(sid, row))
+            start = f"({ids[-1]}"
+        return out
 
     def ping(self) -> None:
         with self._faults():
