@@ -145,17 +145,19 @@ class RedisStore:
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
         return StoreUnavailable(f"{self._where} unavailable: {exc}", RETRY_AFTER_S)
 
-    def _fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
-        """A library function; a Redis that lost the library (restarted without persistence,
-        ``FUNCTION FLUSH``) gets it again, once."""
+    def _fcall(self, function: str, keys: list[str], args: list[Any], ro: bool = False) -> Any:
+        """A library function (``ro``: FCALL_RO, which a read-only replica may serve too); a
+        Redis that lost the library (restarted without persistence, ``FUNCTION FLUSH``) gets
+        it again, once."""
+        call = self._redis.fcall_ro if ro else self._redis.fcall
         with self._faults():
             try:
-                return self._redis.fcall(function, len(keys), *keys, *args)
+                return call(function, len(keys), *keys, *args)
             except redis.ResponseError as exc:
                 if "function not found" not in str(exc).lower():
                     raise
-                self._redis.function_load(LIBRARY, replace=True)
-                return self._redis.fcall(function, len(keys), *keys, *args)
+                self._load()
+                return call(function, len(keys), *keys, *args)
 
     def _call(self, fn: Callable[[redis.Redis], T]) -> T:
         with self._faults():
@@ -200,10 +202,10 @@ class RedisStore:
         cached = self._cache.get(session_id)
         have = "" if cached is None else str(cached.version)
         keys = session_keys(session_id)[:1]
-        row = self._fcall("bnaas_read_v1", keys, [*_owner_args(owner), have])
+        row = self._fcall("bnaas_read_v1", keys, [*_owner_args(owner), have], ro=True)
         if row is not None and row[5] is None and self._cache.get(session_id) is not cached:
             # Our copy was evicted or replaced meanwhile: ask for the state itself.
-            row = self._fcall("bnaas_read_v1", keys, [*_owner_args(owner), ""])
+            row = self._fcall("bnaas_read_v1", keys, [*_owner_args(owner), ""], ro=True)
         if row is None:
             raise SessionNotFound(session_id)
         return self._session(session_id, row, cached)
