@@ -34,6 +34,7 @@ from redis.retry import Retry
 import bncore
 from service.errors import SessionNotFound, StoreUnavailable
 from service.stores.base import (
+    CREATE_SCOPE,
     CommitResult,
     Committed,
     Conflict,
@@ -51,6 +52,7 @@ T = TypeVar("T")
 log = logging.getLogger("bnaas")
 
 LIBRARY = files("service.stores").joinpath("redis_functions.lua").read_text()
+_RECEIPT = ("fp", "sid", "ver", "pl", "ca")  # a receipt's fields, in this order
 INDEX = "bnaas:sessions"  # sorted set of every session id (score 0: ordered by id)
 RETRY_AFTER_S = 1
 # Replies of a Redis that cannot serve for now: loading its data, a read-only replica after a
@@ -324,14 +326,22 @@ class RedisStore:
         return bool(self._call(lambda r: r.exists(session_keys(session_id)[0])))
 
     def receipt(self, scope: str, key: str) -> Receipt | None:
-        session_scoped = not scope.startswith("create:")
-        rkey = receipt_key(scope, key, session_scoped)
-        fields: list[Any] = self._call(lambda r: r.hmget(rkey, "fp", "sid", "ver", "pl", "ca"))
-        if fields[0] is None:
-            return None
-        held = self._receipt(scope, key, fields)
-        # Deleting a session drops every receipt that names it.
-        return held if self._exists(held.session_id) else None
+        if scope.startswith(CREATE_SCOPE):
+            rkey = receipt_key(scope, key, session_scoped=False)
+            fields: list[Any] = self._call(lambda r: r.hmget(rkey, *_RECEIPT))
+            held = None if fields[0] is None else self._receipt(scope, key, fields)
+            # Deleting a session drops every receipt that names it.
+            return held if held is not None and self._exists(held.session_id) else None
+
+        def fetch(r: redis.Redis) -> list[Any]:
+            # A fit's receipt lives with its session: one round trip for both.
+            pipe = r.pipeline(transaction=False)
+            pipe.hmget(receipt_key(scope, key, session_scoped=True), *_RECEIPT)
+            pipe.exists(session_keys(scope)[0])
+            return pipe.execute()
+
+        fields, exists = self._call(fetch)
+        return self._receipt(scope, key, fields) if fields[0] is not None and exists else None
 
     def delete(
         self, session_id: str, owner: str | None = None, if_match: int | None = None
