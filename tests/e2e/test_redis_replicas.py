@@ -35,7 +35,7 @@ def redis_always(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def replica(redis_url: str, tmp_path: Path, name: str, workers: int = 1) -> Server:
-    env = {"BNAAS_REDIS_TIMEOUT_S": "1"}
+    env = {"BNAAS_STORE_TIMEOUT_S": "1"}
     return Server(redis_url, workers=workers, log=tmp_path / f"{name}.log", env=env).start()
 
 
