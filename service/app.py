@@ -10,12 +10,13 @@ from fastapi import FastAPI
 
 import bncore
 from service import __version__, errors
+from service.commit import Commits
 from service.limits import BodyLimit
 from service.malloc import keep_freed_memory
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import compute, probes, sessions, stats, v2
+from service.routes import compute, history, probes, sessions, stats, v2
 from service.settings import Settings
-from service.stores import open_store
+from service.stores import open_store, store_options
 
 _PROBLEM_SCHEMA = {
     "type": "object",
@@ -46,9 +47,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keep_freed_memory()
         backend = bncore.select(settings.device)
-        store = open_store(settings.store, settings.idempotency_ttl_s, backend.xp)
+        store = open_store(settings.store, store_options(settings), backend.xp)
         app.state.backend = backend
         app.state.store = store
+        events = getattr(app.state, "commit_events", None)  # the metrics, once wired
+        app.state.commits = Commits(
+            events, retries=settings.commit_retries, timeout_s=settings.store_timeout_s * 2
+        )
         try:
             yield
         finally:
@@ -65,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for module in (probes, sessions, compute, stats, v2):
+    for module in (probes, sessions, compute, stats, history, v2):
         app.include_router(module.router)
     _complete_openapi(app)
     return app

@@ -8,6 +8,11 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from service.settings import Settings
+from service.stores import check_url
+
+_DEFAULT_STORE = str(Settings.model_fields["store"].default)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnaas", description="Batch Normalization as a Service")
@@ -26,12 +31,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     # Worker processes build their app from the environment, so flags travel through it.
     if args.store is not None:
         os.environ["BNAAS_STORE"] = args.store
     if args.device is not None:
         os.environ["BNAAS_DEVICE"] = args.device
+    os.environ["BNAAS_WORKERS"] = str(args.workers)  # a store that serves one process refuses
+    try:
+        check_url(os.environ.get("BNAAS_STORE") or _DEFAULT_STORE, args.workers)
+    except ValueError as exc:
+        parser.error(str(exc))  # before any worker starts (uvicorn would restart them forever)
     uvicorn.run(
         "service.app:app_from_env",
         factory=True,

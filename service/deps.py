@@ -18,6 +18,7 @@ from fastapi import Depends, Request
 
 from bncore import Backend
 from service.codecs import decompress
+from service.commit import Commits
 from service.errors import MalformedBody, Unauthorized
 from service.settings import Settings
 from service.stores import Store
@@ -65,7 +66,14 @@ async def get_store(request: Request) -> Store:
     return store if owner is None else OwnedStore(store, owner)
 
 
+async def get_commits(request: Request) -> Commits:
+    """The commit loop of this process (service/commit.py): every state change goes there."""
+    commits: Commits = request.app.state.commits
+    return commits
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CommitsDep = Annotated[Commits, Depends(get_commits)]
 RawStoreDep = Annotated[Store, Depends(get_raw_store)]
 StoreDep = Annotated[Store, Depends(get_store)]
 BackendDep = Annotated[Backend, Depends(get_backend)]

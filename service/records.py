@@ -141,7 +141,9 @@ class FitRecord:
         full = pack(
             self._meta(), {"mean": self.batch.mean, "var": self.var, **self._drift_arrays()}
         )
-        return HistoryEntry(self.version, self.time, full, pack(self._meta(), {}))
+        return HistoryEntry(
+            self.version, self.time, full, pack(self._meta(), {}), int(self.batch.mean.size)
+        )
 
     def drift_json(self) -> dict[str, Any] | None:
         """The fit answer's ``drift`` member (None when the session tracks no running stats)."""

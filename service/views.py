@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from starlette.responses import Response
 
 import bncore
 from service.codecs import JSON, dumps
-from service.stores.base import Render, Replay, Session
-
-R = TypeVar("R")
+from service.records import iso_time
+from service.stores.base import Replay, Session
 
 
 def etag(version: int) -> str:
     """The session version as a strong ETag."""
     return f'"{version}"'
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def session_view(s: Session) -> dict[str, Any]:
@@ -33,21 +27,14 @@ def session_view(s: Session) -> dict[str, Any]:
         "num_batches_tracked": s.state.num_batches_tracked,
         "population_count": int(count.max()) if count.size else 0,
         "version": s.version,
-        "created_at": _iso(s.created_at),
-        "updated_at": _iso(s.updated_at),
+        "created_at": iso_time(s.created_at),
+        "updated_at": iso_time(s.updated_at),
     }
 
 
 def json_replay(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Replay:
     """A JSON answer in the storable form (so an idempotent retry can return it verbatim)."""
     return Replay(status, JSON, dumps(doc), headers or {})
-
-
-def rendered(out: tuple[Session, R] | Replay, render: Render[R]) -> Response:
-    """The answer to a ``store.update``: the saved one on an idempotent retry, else rendered."""
-    if isinstance(out, Replay):
-        return to_response(out, replayed=True)
-    return to_response(render(*out))
 
 
 def to_response(replay: Replay, replayed: bool = False) -> Response:

@@ -28,11 +28,20 @@ from service.codecs import (
     parse_json,
     tensor_json,
 )
-from service.deps import BackendDep, BodyDep, IdempotencyDep, IfMatchDep, SettingsDep, StoreDep
+from service.commit import FitOutcome
+from service.deps import (
+    BackendDep,
+    BodyDep,
+    CommitsDep,
+    IdempotencyDep,
+    IfMatchDep,
+    SettingsDep,
+    StoreDep,
+)
 from service.errors import MalformedBody
 from service.routes.openapi import PROBLEMS, headers, multi_body, tensor_body, tensor_response
-from service.stores.base import Replay, Session
-from service.views import etag, json_replay, rendered, to_response
+from service.stores.base import Replay
+from service.views import etag, json_replay, to_response
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["compute"])
 
@@ -62,7 +71,7 @@ def transform(session_id: str, body: BodyDep, store: StoreDep, backend: BackendD
     """Inference mode: never changes the session."""
     media = content_type(body.content_type, TENSOR_TYPES)
     answer = negotiate(body.accept, media, TENSOR_TYPES)
-    session = store.get(session_id)
+    session = store.read(session_id)
     x = decode_tensor(body.data, media, session.state.config.dtype)
     y = bncore.transform(session.state, backend.asarray(x))
     return to_response(_tensor_replay(answer, y, {"ETag": etag(session.version)}, {}))
@@ -92,6 +101,7 @@ def fit(
     session_id: str,
     body: BodyDep,
     store: StoreDep,
+    commits: CommitsDep,
     backend: BackendDep,
     settings: SettingsDep,
     if_match: IfMatchDep,
@@ -102,42 +112,31 @@ def fit(
     retry returns the first answer)."""
     media = content_type(body.content_type, TENSOR_TYPES)
     answer = negotiate(body.accept, media, TENSOR_TYPES) if output else JSON
+    session = store.read(session_id)
     # JSON numbers take the session's dtype (fixed at creation); .npy carries its own.
-    dtype = store.get(session_id).state.config.dtype if media == JSON else "float32"
-    x = decode_tensor(body.data, media, dtype)
+    dtype = session.state.config.dtype if media == JSON else "float32"
+    x = backend.asarray(decode_tensor(body.data, media, dtype))
+    out = commits.fit(store, session, x, if_match=if_match, idem=idem, output=output)
+    max_header = settings.stats_header_max_features
+    return to_response(_fit_answer(out, answer, max_header), replayed=out.replayed)
 
-    def change(session: Session) -> tuple[bncore.BNState, bncore.FitResult]:
-        return bncore.fit(session.state, backend.asarray(x), output=output)
 
-    def render(session: Session, result: bncore.FitResult) -> Replay:
-        batch = result.batch
-        stats: dict[str, Any] = {
-            "mean": bncore.to_host(batch.mean),
-            "var": bncore.to_host(batch.var),
-            "count": int(bncore.to_host(batch.count).max()),
-        }
-        headers = {
-            "ETag": etag(session.version),
-            "BN-Num-Batches-Tracked": str(session.state.num_batches_tracked),
-        }
-        extra = {
-            "batch": stats,
-            "num_batches_tracked": session.state.num_batches_tracked,
-            "version": session.version,
-        }
-        if result.output is None:
-            return json_replay(extra, headers=headers)
-        if (
-            answer == NPY
-            and session.state.config.num_features <= settings.stats_header_max_features
-        ):
-            headers["BN-Batch-Mean"] = _b64(stats["mean"])
-            headers["BN-Batch-Var"] = _b64(stats["var"])
-        return _tensor_replay(answer, result.output, headers, extra)
-
-    return rendered(
-        store.update(session_id, change, if_match=if_match, idem=idem, render=render), render
-    )
+def _fit_answer(out: FitOutcome, answer: str, max_header_features: int) -> Replay:
+    """The fit's answer, from its O(C) record and output alone (a replay renders the same)."""
+    rec = out.record
+    headers = {"ETag": etag(rec.version), "BN-Num-Batches-Tracked": str(rec.num_batches_tracked)}
+    extra = {
+        "batch": {"mean": rec.batch.mean, "var": rec.var, "count": rec.count},
+        "num_batches_tracked": rec.num_batches_tracked,
+        "version": rec.version,
+        "drift": rec.drift_json(),
+    }
+    if out.output is None:
+        return json_replay(extra, headers=headers)
+    if answer == NPY and rec.batch.mean.size <= max_header_features:
+        headers["BN-Batch-Mean"] = _b64(rec.batch.mean)
+        headers["BN-Batch-Var"] = _b64(rec.var)
+    return _tensor_replay(answer, out.output, headers, extra)
 
 
 def _multi(body: bytes, media: str, names: tuple[str, ...], dtype: str) -> dict[str, Array]:
@@ -184,6 +183,7 @@ def backward(
     session_id: str,
     body: BodyDep,
     store: StoreDep,
+    commits: CommitsDep,
     backend: BackendDep,
     if_match: IfMatchDep,
     idem: IdempotencyDep,
@@ -194,35 +194,43 @@ def backward(
 ) -> Response:
     media = content_type(body.content_type, MULTI_TYPES)
     answer = negotiate(body.accept, media, MULTI_TYPES)
-
-    def run(session: Session) -> tuple[bncore.BNState | None, bncore.Gradients]:
-        tensors = _multi(body.data, media, ("data", "grad_output"), session.state.config.dtype)
-        x = backend.asarray(_require(tensors, "data"))
-        g = backend.asarray(_require(tensors, "grad_output"))
-        new, grads = bncore.backward(session.state, x, g, train=mode == "train", lr=lr)
-        return (new if lr is not None else None), grads
-
-    def render(session: Session, grads: bncore.Gradients) -> Replay:
-        headers = {"ETag": etag(session.version)}
-        named = {
-            "grad_input": grads.grad_input,
-            "grad_weight": grads.grad_weight,
-            "grad_bias": grads.grad_bias,
-        }
-        present = {k: bncore.to_host(v) for k, v in named.items() if v is not None}
-        if answer == SAFETENSORS:
-            return Replay(200, SAFETENSORS, encode_safetensors(present), headers)
-        doc: dict[str, Any] = {k: v for k, v in present.items() if k != "grad_input"}
-        doc["grad_input"] = tensor_json(present["grad_input"])
-        doc["version"] = session.version
-        return json_replay(doc, headers=headers)
-
+    session = store.read(session_id)
+    tensors = _multi(body.data, media, ("data", "grad_output"), session.state.config.dtype)
+    x = backend.asarray(_require(tensors, "data"))
+    g = backend.asarray(_require(tensors, "grad_output"))
+    train = mode == "train"
     if lr is None:
-        session = store.get(session_id)
-        return to_response(render(session, run(session)[1]))
-    return rendered(
-        store.update(session_id, run, if_match=if_match, idem=idem, render=render), render
-    )
+        grads = bncore.backward(session.state, x, g, train=train)[1]
+        return to_response(_gradients(answer, grads, session.version))
+    found: list[bncore.Gradients] = []
+
+    def step(state: bncore.BNState) -> bncore.BNState:
+        # The gradients depend on the weight (and in eval mode the running statistics) of
+        # the state the step is applied to: computed here, under the session's commit slot.
+        new, grads = bncore.backward(state, x, g, train=train, lr=lr)
+        found[:] = [grads]
+        return new
+
+    out = commits.change(store, session, step, if_match=if_match, idem=idem)
+    if out.replayed:  # recomputed from the state the first request was applied to
+        found[:] = [bncore.backward(out.before, x, g, train=train)[1]]
+    return to_response(_gradients(answer, found[0], out.version), replayed=out.replayed)
+
+
+def _gradients(answer: str, grads: bncore.Gradients, version: int) -> Replay:
+    headers = {"ETag": etag(version)}
+    named = {
+        "grad_input": grads.grad_input,
+        "grad_weight": grads.grad_weight,
+        "grad_bias": grads.grad_bias,
+    }
+    present = {k: bncore.to_host(v) for k, v in named.items() if v is not None}
+    if answer == SAFETENSORS:
+        return Replay(200, SAFETENSORS, encode_safetensors(present), headers)
+    doc: dict[str, Any] = {k: v for k, v in present.items() if k != "grad_input"}
+    doc["grad_input"] = tensor_json(present["grad_input"])
+    doc["version"] = version
+    return json_replay(doc, headers=headers)
 
 
 @router.post(
@@ -237,7 +245,7 @@ def backward(
 def fold(session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep) -> Response:
     media = content_type(body.content_type, MULTI_TYPES)
     answer = negotiate(body.accept, media, MULTI_TYPES)
-    session = store.get(session_id)
+    session = store.read(session_id)
     tensors = _multi(body.data, media, ("weight", "bias"), session.state.config.dtype)
     w = backend.asarray(_require(tensors, "weight"))
     b = tensors.get("bias")

@@ -6,15 +6,22 @@ import secrets
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 
 import bncore
-from service.deps import BackendDep, IdempotencyDep, IfMatchDep, StoreDep
+from service.deps import (
+    BackendDep,
+    CommitsDep,
+    IdempotencyDep,
+    IfMatchDep,
+    StoreDep,
+    owner_of,
+)
 from service.routes.openapi import PROBLEMS, headers
 from service.stores.base import Replay, Session
-from service.views import etag, json_replay, rendered, session_view, to_response
+from service.views import etag, json_replay, session_view, to_response
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -53,18 +60,22 @@ def _view_replay(session: Session, code: int = 200) -> Replay:
     openapi_extra=headers("Idempotency-Key"),
 )
 def create_session(
-    spec: CreateSession, store: StoreDep, backend: BackendDep, idem: IdempotencyDep
+    spec: CreateSession,
+    request: Request,
+    store: StoreDep,
+    commits: CommitsDep,
+    backend: BackendDep,
+    idem: IdempotencyDep,
 ) -> Response:
     config = bncore.BNConfig(
         **spec.model_dump(exclude={"weight", "bias", "name"}),
     )
     state = bncore.initial_state(config, weight=spec.weight, bias=spec.bias, xp=backend.xp)
     now = time.time()
-    session = Session(secrets.token_urlsafe(16), state, 1, now, now, spec.name)
-    out = store.create(session, idem=idem, render=lambda s, _: _view_replay(s, 201))
-    if isinstance(out, Replay):
-        return to_response(out, replayed=True)
-    return to_response(_view_replay(out, 201))
+    sid = secrets.token_urlsafe(16)
+    session = Session(sid, state, 1, now, now, spec.name, owner_of(request))
+    created, replayed = commits.create(store, session, idem)
+    return to_response(_view_replay(created, 201), replayed=replayed)
 
 
 @router.get("", summary="List sessions, ordered by id")
@@ -82,7 +93,7 @@ def list_sessions(
 
 @router.get("/{session_id}", summary="Read a session", responses=PROBLEMS)
 def get_session(session_id: str, store: StoreDep) -> Response:
-    return to_response(_view_replay(store.get(session_id)))
+    return to_response(_view_replay(store.read(session_id)))
 
 
 @router.delete(
@@ -93,7 +104,7 @@ def get_session(session_id: str, store: StoreDep) -> Response:
     openapi_extra=headers("If-Match"),
 )
 def delete_session(session_id: str, store: StoreDep, if_match: IfMatchDep) -> Response:
-    store.delete(session_id, if_match)
+    store.delete(session_id, if_match=if_match)
     return Response(status_code=204)
 
 
@@ -106,15 +117,14 @@ def delete_session(session_id: str, store: StoreDep, if_match: IfMatchDep) -> Re
 def reset_session(
     session_id: str,
     store: StoreDep,
+    commits: CommitsDep,
     if_match: IfMatchDep,
     parameters: Annotated[bool, Query(description="also reset weight to 1 and bias to 0")] = False,
 ) -> Response:
-    def change(session: Session) -> tuple[bncore.BNState, None]:
-        old = session.state
+    def reset(old: bncore.BNState) -> bncore.BNState:
         keep: dict[str, Any] = {} if parameters else {"weight": old.weight, "bias": old.bias}
         xp = bncore.namespace(old.population.mean)
-        return bncore.initial_state(old.config, **keep, xp=xp, finite=False), None
+        return bncore.initial_state(old.config, **keep, xp=xp, finite=False)
 
-    return rendered(
-        store.update(session_id, change, if_match=if_match), lambda s, _: _view_replay(s)
-    )
+    out = commits.change(store, store.read(session_id), reset, if_match=if_match)
+    return to_response(_view_replay(out.session))

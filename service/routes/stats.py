@@ -23,11 +23,11 @@ from service.codecs import (
     negotiate,
     parse_json,
 )
-from service.deps import BodyDep, IfMatchDep, StoreDep
+from service.deps import BodyDep, CommitsDep, IfMatchDep, StoreDep
 from service.errors import MalformedBody
+from service.routes.history import MAX_LIMIT, history_entries
 from service.routes.openapi import PROBLEMS, headers
-from service.stores.base import Replay, Session
-from service.views import etag, json_replay, rendered, to_response
+from service.views import etag, json_replay, to_response
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["stats"])
 
@@ -105,8 +105,11 @@ def get_stats(
     request: Request,
     store: StoreDep,
     format: Annotated[Format | None, Query(description="overrides Accept")] = None,
+    history: Annotated[
+        int, Query(ge=0, le=MAX_LIMIT, description="JSON: add the newest N history entries")
+    ] = 0,
 ) -> Response:
-    session = store.get(session_id)
+    session = store.read(session_id)
     fmt = format or (
         "safetensors"
         if negotiate(request.headers.get("accept"), JSON, _EXPORT_TYPES) == SAFETENSORS
@@ -117,7 +120,10 @@ def get_stats(
         return Response(export_safetensors(session.state), headers=headers, media_type=SAFETENSORS)
     if fmt in ("keras", "onnx"):
         return to_response(json_replay(bncore.export_state(session.state, fmt), headers=headers))
-    return to_response(json_replay(export_json(session.state), headers=headers))
+    doc = export_json(session.state)
+    if history:
+        doc["history"] = history_entries(store, session_id, history)[0]
+    return to_response(json_replay(doc, headers=headers))
 
 
 def _validated(doc: Any) -> dict[str, Any]:
@@ -189,6 +195,7 @@ def put_stats(
     session_id: str,
     body: BodyDep,
     store: StoreDep,
+    commits: CommitsDep,
     if_match: IfMatchDep,
     format: Annotated[
         Literal["json", "keras", "onnx"] | None, Query(description="JSON convention")
@@ -205,10 +212,8 @@ def put_stats(
             doc = bncore.import_values(doc, format)
         values = _validated(doc)
 
-    def change(session: Session) -> tuple[bncore.BNState, None]:
-        return apply_import(session.state, values), None
-
-    def render(session: Session, _: None) -> Replay:
-        return json_replay(export_json(session.state), headers={"ETag": etag(session.version)})
-
-    return rendered(store.update(session_id, change, if_match=if_match), render)
+    out = commits.change(
+        store, store.read(session_id), lambda st: apply_import(st, values), if_match=if_match
+    )
+    doc = export_json(out.session.state)
+    return to_response(json_replay(doc, headers={"ETag": etag(out.session.version)}))

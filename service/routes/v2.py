@@ -10,12 +10,19 @@ from starlette.responses import Response
 
 import bncore
 from service import __version__
-from service.deps import BackendDep, BodyDep, IdempotencyDep, RawStoreDep, StoreDep
+from service.deps import (
+    BackendDep,
+    BodyDep,
+    CommitsDep,
+    IdempotencyDep,
+    RawStoreDep,
+    StoreDep,
+)
 from service.errors import ServiceError, StoreUnavailable
 from service.routes.openapi import headers
 from service.stores.base import Replay, Session
 from service.v2codec import INPUT, OUTPUT, InferRequest, datatype, decode_infer, encode_infer
-from service.views import json_replay, rendered, to_response
+from service.views import json_replay, to_response
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
@@ -66,14 +73,14 @@ def _metadata(session: Session) -> dict[str, Any]:
 @router.get("/models/{session_id}/versions/{version}", summary="Model metadata, versioned")
 def model_metadata(session_id: str, store: StoreDep, version: str | None = None) -> Response:
     _check_version(session_id, version)
-    return to_response(json_replay(_metadata(store.get(session_id))))
+    return to_response(json_replay(_metadata(store.read(session_id))))
 
 
 @router.get("/models/{session_id}/ready", summary="Model (session) readiness")
 @router.get("/models/{session_id}/versions/{version}/ready", summary="Model readiness, versioned")
 def model_ready(session_id: str, store: StoreDep, version: str | None = None) -> Response:
     _check_version(session_id, version)
-    store.get(session_id)
+    store.read(session_id)
     return Response(status_code=200)
 
 
@@ -107,27 +114,22 @@ def infer(
     request: Request,
     body: BodyDep,
     store: StoreDep,
+    commits: CommitsDep,
     backend: BackendDep,
     idem: IdempotencyDep,
     version: str | None = None,
 ) -> Response:
     _check_version(session_id, version)
     req = decode_infer(body.data, request.headers.get("inference-header-content-length"))
+    session = store.read(session_id)
     if req.mode == "transform":
-        session = store.get(session_id)
         y = bncore.transform(session.state, backend.asarray(req.x))
         return _answer(session_id, req, y, {"mode": "transform"})
-
-    def change(session: Session) -> tuple[bncore.BNState, bncore.FitResult]:
-        return bncore.fit(session.state, backend.asarray(req.x))
-
-    def render(session: Session, result: bncore.FitResult) -> Replay:
-        assert result.output is not None
-        params = {"mode": "fit", "num_batches_tracked": session.state.num_batches_tracked}
-        data, headers, media = encode_infer(session_id, req, bncore.to_host(result.output), params)
-        return Replay(200, media, data, headers)
-
-    return rendered(store.update(session_id, change, idem=idem, render=render), render)
+    out = commits.fit(store, session, backend.asarray(req.x), idem=idem)
+    assert out.output is not None
+    params = {"mode": "fit", "num_batches_tracked": out.record.num_batches_tracked}
+    data, headers, media = encode_infer(session_id, req, bncore.to_host(out.output), params)
+    return to_response(Replay(200, media, data, headers), replayed=out.replayed)
 
 
 def _answer(model: str, req: InferRequest, y: Any, params: dict[str, Any]) -> Response:

@@ -8,8 +8,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from service.stores.base import Session, Store, StoreOptions
+from service.settings import Settings
+from service.stores.base import HistoryPolicy, Session, Store, StoreOptions
 from service.stores.memory import MemoryStore
+from service.stores.sqlite import SQLiteStore
 
 __all__ = [
     "MemoryStore",
@@ -39,6 +41,23 @@ def check_url(url: str, workers: int = 1) -> None:
         raise ValueError(f"unknown store URL {url!r}: use {_SCHEMES}")
 
 
+def store_options(settings: Settings) -> StoreOptions:
+    """The options every engine is opened with, from the ``BNAAS_*`` settings."""
+    history = HistoryPolicy(
+        settings.history_recent,
+        settings.history_every,
+        settings.history_older,
+        settings.history_max_values,
+    )
+    return StoreOptions(
+        idempotency_ttl_s=settings.idempotency_ttl_s,
+        history=history,
+        timeout_s=settings.store_timeout_s,
+        pool_size=settings.store_pool_size,
+        workers=settings.workers,
+    )
+
+
 def open_store(url: str, options: StoreOptions | None = None, xp: ModuleType = np) -> Store:
     """``memory://`` or ``sqlite:///relative/path`` / ``sqlite:////absolute/path``."""
     options = options or StoreOptions()
@@ -52,6 +71,4 @@ def open_store(url: str, options: StoreOptions | None = None, xp: ModuleType = n
     path = url[len("sqlite:///") :]
     if not path:
         raise ValueError(f"sqlite store URL needs a path: sqlite:///file.db, got {url!r}")
-    from service.stores.sqlite import SQLiteStore  # noqa: PLC0415 (WIP: being rewritten)
-
     return SQLiteStore(Path(path), options, xp)

@@ -17,7 +17,7 @@ before they read the state, so "not yours" and "not there" cost the same.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from bncore import BNState
@@ -42,6 +42,17 @@ class Session:
     updated_at: float
     name: str | None = None
     owner: str | None = None  # who may see it when API keys are configured
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A rendered answer (status, media type, body, headers), as routes build them; stores
+    never keep one (receipts are O(C): see ``Receipt``)."""
+
+    status: int
+    media_type: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,7 @@ class HistoryEntry:
     time: float
     full: bytes
     brief: bytes
+    num_features: int = 0  # C: sizes the full window (``HistoryPolicy.recent_for``); 0 unknown
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,7 @@ class HistoryItem:
 class HistoryPolicy:
     """How much history a store keeps per session (bounded, whatever the number of fits).
 
-    After each commit with a history entry: the ``recent`` newest entries are kept full; an
+    After each commit with a history entry: the ``recent_for(C)`` newest entries are kept full; an
     entry older than those is kept brief when ``version % every == 0`` and dropped otherwise;
     of the brief entries only the ``older`` newest are kept. ``recent == 0`` keeps no history.
     """
@@ -112,6 +124,15 @@ class HistoryPolicy:
     recent: int = 100
     every: int = 10
     older: int = 1000
+    max_values: int = 1 << 22  # per session: full entries hold ~5*C values each
+
+    def recent_for(self, num_features: int) -> int:
+        """How many newest entries stay full for a session of ``num_features`` channels:
+        ``recent``, fewer when that many would hold more than ``max_values`` values (at
+        least 1 while ``recent`` > 0)."""
+        if num_features <= 0 or self.recent == 0:
+            return self.recent
+        return max(1, min(self.recent, self.max_values // (5 * num_features)))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ class _History:
 
     def add(self, entry: HistoryEntry, policy: HistoryPolicy) -> None:
         self.recent.append(entry)
-        if len(self.recent) > policy.recent:
+        keep = policy.recent_for(entry.num_features)
+        while len(self.recent) > keep:
             old = self.recent.popleft()
             if old.version % policy.every == 0 and policy.older > 0:
                 self.older.append((old.version, old.brief))

@@ -1,281 +1,424 @@
 """Embedded default store: one SQLite file in WAL mode, every acknowledged write fsynced.
 
-Writers take the database lock up front (BEGIN IMMEDIATE), so concurrent fits from threads
-and from several worker processes on one file are serialized and each applied exactly once.
+Writes go through a group commit (``group.GroupCommit``): the commits queued behind a running
+transaction share the next one and its one fsync (``synchronous=FULL``), each acknowledged
+only once durable. Reads use a bounded pool of connections. Any SQLite error is a
+``StoreUnavailable`` (503) and the connection that met it is closed, so a fault that goes away
+(disk full, a file made read-only and back) heals without a restart; an undecodable record
+is a ``CorruptRecord``. Several worker processes may share one file: the version check in
+``commit`` makes their writes to one session line up (``service.commit`` retries conflicts).
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
-import orjson
 
 import bncore
-from service.errors import (
-    SessionNotFound,
-    StoreUnavailable,
-)
+from service.errors import SessionNotFound, StoreUnavailable
 from service.stores.base import (
-    Change,
-    Idempotency,
-    Render,
-    Replay,
+    CommitResult,
+    Committed,
+    Conflict,
+    CorruptRecord,
+    Duplicate,
+    HistoryEntry,
+    HistoryItem,
+    Receipt,
     Session,
-    check_fingerprint,
+    StoreOptions,
     check_version,
 )
+from service.stores.group import GroupCommit, Write
+from service.stores.sqlite_schema import migrate
 
-R = TypeVar("R")
-_CREATE = ""  # idempotency scope of session creation
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
-    name TEXT,
-    version INTEGER NOT NULL,
-    state BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    owner TEXT
-);
-CREATE TABLE IF NOT EXISTS idempotency (
-    scope TEXT NOT NULL,
-    key TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    media_type TEXT NOT NULL,
-    headers TEXT NOT NULL,
-    body BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (scope, key)
-);
-CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency (created_at);
-"""
+T = TypeVar("T")
 _COLUMNS = "id, name, version, state, created_at, updated_at, owner"
+_RECEIPT = "scope, key, fingerprint, session_id, version, payload, created_at"
+Row = tuple[Any, ...]
 
 
 class SQLiteStore:
     """Sessions as rows of compact binary state records (``bncore.state_to_bytes``)."""
 
-    def __init__(self, path: Path, idempotency_ttl_s: float = 86400.0, xp: ModuleType = np) -> None:
+    def __init__(
+        self, path: Path, options: StoreOptions | None = None, xp: ModuleType = np
+    ) -> None:
+        opts = options or StoreOptions()
         self._path = path
-        self._ttl = idempotency_ttl_s
         self._xp = xp
-        self._local = threading.local()
+        self._ttl = opts.idempotency_ttl_s
+        self._policy = opts.history
+        self._timeout_s = opts.timeout_s
+        self._pool_size = max(1, opts.pool_size)
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._opened = 0  # reader connections open (idle or in use), at most pool_size
+        self._pool_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None  # used by the group's leader only
+        self._group: GroupCommit[sqlite3.Connection] = GroupCommit(
+            self._run, timeout_s=opts.timeout_s + 1.0
+        )
+        self._fault: str | None = None  # the last write failure, until a write succeeds
+        self._ready = False  # schema checked (and migrated) by this process
+        self._next_expiry = 0.0
         self._cache: OrderedDict[str, Session] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._writer = threading.Lock()
         self._cache_size = 1024
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
+        self._closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db().executescript(_SCHEMA)
+        with contextlib.suppress(StoreUnavailable):
+            self._ensure()  # else not servable yet (readiness says so): retried on next use
 
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False, timeout=30.0
-            )
+    # --- connections -------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=False, timeout=self._timeout_s
+        )
+        try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # an acknowledged fit survives power loss
-            db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
-            with self._all_lock:
-                self._all.append(db)
+            db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
+        except sqlite3.Error:
+            db.close()
+            raise
         return db
 
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
+            return CorruptRecord(f"sqlite store at {self._path} is damaged: {exc}")
+        return StoreUnavailable(f"sqlite store at {self._path} unavailable: {exc}")
+
+    def _take(self) -> sqlite3.Connection:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._pool_lock:
+            grow = self._opened < self._pool_size
+            self._opened += int(grow)
+        if grow:
+            try:
+                return self._connect()
+            except sqlite3.Error as exc:
+                with self._pool_lock:
+                    self._opened -= 1
+                raise self._unavailable(exc) from None
+        try:
+            return self._idle.get(timeout=self._timeout_s)
+        except queue.Empty:
+            raise StoreUnavailable(
+                f"no sqlite connection free within {self._timeout_s:g} s"
+            ) from None
+
+    def _drop(self, db: sqlite3.Connection) -> None:
+        db.close()
+        with self._pool_lock:
+            self._opened -= 1
+
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        # SQLite admits one writer at a time and makes the others poll with sleeps of 1 ms and
-        # more; queueing this process's writers on a lock first hands over without sleeping.
-        with self._writer:
-            db = self._db()
-            try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"sqlite store busy: {exc}") from None
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A pooled connection; one that meets an SQLite error is closed (a new one is opened
+        on demand), so a connection opened while the file was read-only does not linger."""
+        self._ensure()
+        db = self._take()
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            self._drop(db)
+            raise self._unavailable(exc) from None
+        except BaseException:
+            self._idle.put(db)
+            raise
+        if self._closed:
+            self._drop(db)
+        else:
+            self._idle.put(db)
 
-    def _session(
-        self, row: tuple[str, str | None, int, bytes, float, float, str | None]
-    ) -> Session:
-        sid, name, version, blob, created, updated, owner = row
-        cached = self._cache.get(sid)
-        if cached is not None and cached.version == version:
-            return cached
-        state = bncore.state_from_bytes(blob, self._xp)
-        session = Session(sid, state, version, created, updated, name, owner)
-        self._remember_session(session)
-        return session
+    # --- the write path -------------------------------------------------------------------
 
-    def _remember_session(self, session: Session) -> None:
-        # Decoding a state costs more than reading its row: keep the latest decoded version of
-        # recently used sessions. The row's version decides whether the entry is current.
+    def _ensure(self) -> None:
+        if not self._ready:
+            self._write(migrate, ensure=False)
+            self._ready = True
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T], ensure: bool = True) -> T:
+        if ensure:
+            self._ensure()
+        return self._group.submit(fn)
+
+    def _run(self, batch: list[Write[sqlite3.Connection]]) -> None:
+        """One transaction for the whole batch; each write in its own savepoint, so a write
+        that fails with a domain error (not found, If-Match) is undone alone."""
+        try:
+            if self._writer is None:
+                self._writer = self._connect()
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            outcomes: list[tuple[Any, BaseException | None]] = []
+            for w in batch:
+                db.execute("SAVEPOINT w")
+                try:
+                    outcomes.append((w.fn(db), None))
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:
+                    db.execute("ROLLBACK TO w")
+                    outcomes.append((None, exc))
+                db.execute("RELEASE w")
+            if self._ready:
+                self._expire(db)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._fault = str(exc)
+            self._reset_writer()
+            raise self._unavailable(exc) from None
+        self._fault = None
+        for w, (result, error) in zip(batch, outcomes, strict=True):
+            w.result, w.error = result, error
+
+    def _reset_writer(self) -> None:
+        # After a failed write the connection may hold a half-open transaction or have been
+        # opened read-only: close it; the next batch opens a fresh one.
+        db, self._writer = self._writer, None
+        if db is not None:
+            try:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            db.close()
+
+    def _expire(self, db: sqlite3.Connection) -> None:
+        """Drop expired receipts through the age index (never a full scan), once a second."""
+        now = time.time()
+        if now >= self._next_expiry:
+            db.execute("DELETE FROM receipts WHERE created_at < ?", (now - self._ttl,))
+            self._next_expiry = now + min(1.0, self._ttl)
+
+    def _held(self, db: sqlite3.Connection, scope: str, key: str) -> Receipt | None:
+        row = db.execute(
+            f"SELECT {_RECEIPT} FROM receipts WHERE scope = ? AND key = ? AND created_at >= ?",
+            (scope, key, time.time() - self._ttl),
+        ).fetchone()
+        return None if row is None else _receipt(row)
+
+    def _keep(self, db: sqlite3.Connection, r: Receipt) -> None:
+        db.execute(
+            f"INSERT OR REPLACE INTO receipts ({_RECEIPT}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (r.scope, r.key, r.fingerprint, r.session_id, r.version, r.payload, r.created_at),
+        )
+
+    def _append(self, db: sqlite3.Connection, sid: str, entry: HistoryEntry) -> None:
+        """Add a history entry, then apply the bounds: the entries that leave the full window
+        are kept brief (every ``every``-th version) or dropped, and the brief ones capped."""
+        p = self._policy
+        db.execute(
+            "INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?, ?)",
+            (sid, entry.version, entry.time, entry.full, entry.brief),
+        )
+        leaving = db.execute(
+            "SELECT version FROM history WHERE session_id = ? AND full IS NOT NULL "
+            "ORDER BY version DESC LIMIT -1 OFFSET ?",
+            (sid, p.recent_for(entry.num_features)),
+        ).fetchall()
+        for (v,) in leaving:
+            if v % p.every == 0 and p.older > 0:
+                db.execute(
+                    "UPDATE history SET full = NULL WHERE session_id = ? AND version = ?", (sid, v)
+                )
+            else:
+                db.execute("DELETE FROM history WHERE session_id = ? AND version = ?", (sid, v))
+        if leaving:
+            db.execute(
+                "DELETE FROM history WHERE session_id = ? AND full IS NULL AND version < "
+                "(SELECT version FROM history WHERE session_id = ? AND full IS NULL "
+                "ORDER BY version DESC LIMIT 1 OFFSET ?)",
+                (sid, sid, max(p.older - 1, 0)),
+            )
+
+    # --- the Store protocol --------------------------------------------------------------
+
+    def read(self, session_id: str, owner: str | None = None) -> Session:
+        with self._reading() as db:
+            head = db.execute(
+                "SELECT owner, version FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if head is None or (owner is not None and head[0] != owner):
+                raise SessionNotFound(session_id)  # the state was not read: same cost
+            cached = self._cached(session_id, head[1])
+            if cached is not None:
+                return cached
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+        if row is None:
+            raise SessionNotFound(session_id)
+        return self._decode(row)
+
+    def commit(
+        self,
+        session_id: str,
+        expected_version: int,
+        state: bncore.BNState,
+        *,
+        receipt: Receipt | None = None,
+        history: HistoryEntry | None = None,
+    ) -> CommitResult:
+        blob = bncore.state_to_bytes(state)  # encoded before joining the writers' queue
+
+        def write(db: sqlite3.Connection) -> CommitResult:
+            if receipt is not None:
+                held = self._held(db, receipt.scope, receipt.key)
+                if held is not None:
+                    return Duplicate(held)
+            head = db.execute(
+                "SELECT version, name, created_at, owner FROM sessions WHERE id = ?",
+                (session_id,),
+            ).fetchone()
+            if head is None:
+                raise SessionNotFound(session_id)
+            if head[0] != expected_version:
+                return Conflict(int(head[0]) if isinstance(head[0], int) else -1)
+            now, version = time.time(), expected_version + 1
+            db.execute(
+                "UPDATE sessions SET state = ?, version = ?, updated_at = ? WHERE id = ?",
+                (blob, version, now, session_id),
+            )
+            if receipt is not None:
+                self._keep(db, receipt)
+            if history is not None and self._policy.recent > 0:
+                self._append(db, session_id, history)
+            return Committed(Session(session_id, state, version, head[2], now, head[1], head[3]))
+
+        out = self._write(write)
+        if isinstance(out, Committed):
+            self._remember(out.session)  # later reads skip decoding this version
+        return out
+
+    def create(self, session: Session, *, receipt: Receipt | None = None) -> CommitResult:
+        blob = bncore.state_to_bytes(session.state)
+        s = session
+
+        def write(db: sqlite3.Connection) -> CommitResult:
+            if receipt is not None:
+                held = self._held(db, receipt.scope, receipt.key)
+                if held is not None:
+                    return Duplicate(held)
+                self._keep(db, receipt)
+            db.execute(
+                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (s.id, s.name, s.version, blob, s.created_at, s.updated_at, s.owner),
+            )
+            return Committed(s)
+
+        return self._write(write)
+
+    def receipt(self, scope: str, key: str) -> Receipt | None:
+        with self._reading() as db:
+            return self._held(db, scope, key)
+
+    def delete(
+        self, session_id: str, owner: str | None = None, if_match: int | None = None
+    ) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            head = db.execute(
+                "SELECT owner, version FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if head is None or (owner is not None and head[0] != owner):
+                raise SessionNotFound(session_id)
+            check_version(head[1], if_match)
+            db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            db.execute("DELETE FROM history WHERE session_id = ?", (session_id,))
+            db.execute("DELETE FROM receipts WHERE session_id = ?", (session_id,))
+
+        self._write(write)
+        with self._cache_lock:
+            self._cache.pop(session_id, None)
+
+    def history(self, session_id: str, limit: int, before: int | None = None) -> list[HistoryItem]:
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT version, full, brief FROM history WHERE session_id = ? AND version < ? "
+                "ORDER BY version DESC LIMIT ?",
+                (session_id, before if before is not None else 1 << 62, limit),
+            ).fetchall()
+        return [
+            HistoryItem(v, full if full is not None else brief, full is not None)
+            for v, full, brief in rows
+        ]
+
+    def list(self, limit: int, after: str | None, owner: str | None = None) -> list[Session]:
+        with self._reading() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE id > ? AND (? IS NULL OR owner = ?) "
+                "ORDER BY id LIMIT ?",
+                (after or "", owner, owner, limit),
+            ).fetchall()
+        return [self._cached(r[0], r[2]) or self._decode(r) for r in rows]
+
+    def ping(self) -> None:
+        if self._ready and self._fault is None:
+            with self._reading() as db:
+                db.execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
+            return
+        # A write failed last: only a write that succeeds says the store serves again.
+        self._write(
+            lambda db: db.execute("INSERT OR REPLACE INTO probe VALUES (1, ?)", (time.time(),))
+        )
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._drop(self._idle.get_nowait())
+            except queue.Empty:
+                break
+        self._reset_writer()
+
+    # --- decoded sessions -------------------------------------------------------------------
+
+    def _cached(self, session_id: str, version: Any) -> Session | None:
+        with self._cache_lock:
+            found = self._cache.get(session_id)
+        return found if found is not None and found.version == version else None
+
+    def _remember(self, session: Session) -> None:
+        # Decoding a state costs more than reading its row: keep the latest decoded version
+        # of recently used sessions. The row's version decides whether the entry is current.
         with self._cache_lock:
             self._cache[session.id] = session
             self._cache.move_to_end(session.id)
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
 
-    def _replay(
-        self, db: sqlite3.Connection, scope: str, idem: Idempotency | None
-    ) -> Replay | None:
-        if idem is None:
-            return None
-        row = db.execute(
-            "SELECT fingerprint, status, media_type, headers, body FROM idempotency "
-            "WHERE scope = ? AND key = ? AND created_at >= ?",
-            (scope, idem.key, time.time() - self._ttl),
-        ).fetchone()
-        if row is None:
-            return None
-        check_fingerprint(idem, row[0])
-        return Replay(row[1], row[2], row[4], orjson.loads(row[3]))
-
-    def _remember(
-        self, db: sqlite3.Connection, scope: str, idem: Idempotency | None, replay: Replay | None
-    ) -> None:
-        if idem is None or replay is None:
-            return
-        now = time.time()
-        db.execute("DELETE FROM idempotency WHERE created_at < ?", (now - self._ttl,))
-        db.execute(
-            "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                scope,
-                idem.key,
-                idem.fingerprint,
-                replay.status,
-                replay.media_type,
-                orjson.dumps(replay.headers).decode(),
-                replay.body,
-                now,
-            ),
-        )
-
-    def create(
-        self,
-        session: Session,
-        *,
-        idem: Idempotency | None = None,
-        render: Render[None] | None = None,
-    ) -> Session | Replay:
-        with self._write() as db:
-            replay = self._replay(db, _CREATE, idem)
-            if replay is not None:
-                return replay
-            db.execute(
-                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    session.id,
-                    session.name,
-                    session.version,
-                    bncore.state_to_bytes(session.state),
-                    session.created_at,
-                    session.updated_at,
-                    session.owner,
-                ),
-            )
-            self._remember(db, _CREATE, idem, render(session, None) if render and idem else None)
+    def _decode(self, row: Row) -> Session:
+        sid, name, version, blob, created, updated, owner = row
+        try:
+            if not isinstance(blob, bytes) or not isinstance(version, int):
+                raise bncore.StateError(f"state is {type(blob).__name__}, not a record")
+            state = bncore.state_from_bytes(blob, self._xp)
+        except bncore.StateError as exc:
+            raise CorruptRecord(
+                f"session {sid!r}: the stored state cannot be read: {exc}"
+            ) from None
+        session = Session(sid, state, version, created, updated, name, owner)
+        self._remember(session)
         return session
 
-    def get(self, session_id: str) -> Session:
-        row = (
-            self._db()
-            .execute(f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,))
-            .fetchone()
-        )
-        if row is None:
-            raise SessionNotFound(session_id)
-        return self._session(row)
 
-    def list(self, limit: int, after: str | None, owner: str | None = None) -> list[Session]:
-        rows = (
-            self._db()
-            .execute(
-                f"SELECT {_COLUMNS} FROM sessions WHERE id > ? AND (? IS NULL OR owner = ?) "
-                "ORDER BY id LIMIT ?",
-                (after or "", owner, owner, limit),
-            )
-            .fetchall()
-        )
-        return [self._session(r) for r in rows]
-
-    def delete(self, session_id: str, if_match: int | None = None) -> None:
-        with self._write() as db:
-            row = db.execute("SELECT version FROM sessions WHERE id = ?", (session_id,)).fetchone()
-            if row is None:
-                raise SessionNotFound(session_id)
-            check_version(row[0], if_match)
-            db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
-            db.execute("DELETE FROM idempotency WHERE scope = ?", (session_id,))
-        with self._cache_lock:
-            self._cache.pop(session_id, None)
-
-    def update(
-        self,
-        session_id: str,
-        fn: Change[R],
-        *,
-        if_match: int | None = None,
-        idem: Idempotency | None = None,
-        render: Render[R] | None = None,
-    ) -> tuple[Session, R] | Replay:
-        with self._write() as db:
-            row = db.execute(
-                f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
-            ).fetchone()
-            if row is None:
-                raise SessionNotFound(session_id)
-            replay = self._replay(db, session_id, idem)
-            if replay is not None:
-                return replay
-            current = self._session(row)
-            check_version(current.version, if_match)
-            new_state, result = fn(current)
-            if new_state is not None:
-                current = replace(
-                    current, state=new_state, version=current.version + 1, updated_at=time.time()
-                )
-                db.execute(
-                    "UPDATE sessions SET state = ?, version = ?, updated_at = ? WHERE id = ?",
-                    (
-                        bncore.state_to_bytes(new_state),
-                        current.version,
-                        current.updated_at,
-                        session_id,
-                    ),
-                )
-            self._remember(
-                db, session_id, idem, render(current, result) if render and idem else None
-            )
-        self._remember_session(current)  # committed: later reads skip decoding this version
-        return current, result
-
-    def ping(self) -> None:
-        try:
-            self._db().execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"sqlite store at {self._path} unavailable: {exc}") from None
-
-    def close(self) -> None:
-        with self._all_lock:
-            for db in self._all:
-                db.close()
-            self._all.clear()
-        self._local = threading.local()
+def _receipt(row: Row) -> Receipt:
+    scope, key, fingerprint, session_id, version, payload, created_at = row
+    if not isinstance(payload, bytes):
+        raise CorruptRecord(f"the receipt of Idempotency-Key {key!r} cannot be read")
+    return Receipt(scope, key, fingerprint, session_id, int(version), payload, float(created_at))
