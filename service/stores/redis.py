@@ -227,6 +227,7 @@ class RedisStore:
         rkey = receipt_key(session_id, receipt.key, True) if receipt else keys[0]
         now = time.time()
         policy = self._policy
+        recent = policy.recent_for(history.num_features) if history else 0
         reply = self._fcall(
             "bnaas_commit_v1",
             [keys[0], rkey, keys[1], keys[2]],
@@ -239,7 +240,7 @@ class RedisStore:
                 "1" if history else "0",
                 history.full if history else b"",
                 history.brief if history else b"",
-                policy.recent, policy.every, policy.older,
+                recent, policy.every, policy.older,
             ],
         )  # fmt: skip
         outcome = reply[0]
