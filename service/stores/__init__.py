@@ -65,7 +65,12 @@ def open_store(url: str, options: StoreOptions | None = None, xp: ModuleType = n
     if url.startswith("memory:"):
         return MemoryStore(options)
     if urlparse(url).scheme in ("redis", "rediss"):
-        from service.stores.redis import RedisStore  # redis-py is an optional extra
+        try:
+            from service.stores.redis import RedisStore  # redis-py is an optional extra
+        except ImportError as exc:
+            raise ValueError(
+                f"{url.split(':')[0]}:// needs redis-py: pip install 'bnaas[redis]' ({exc})"
+            ) from None
 
         return RedisStore(url, options, xp)
     path = url[len("sqlite:///") :]
