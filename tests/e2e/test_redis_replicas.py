@@ -79,6 +79,7 @@ def test_two_replicas_apply_each_fit_once_when_one_is_killed_midway(
         first: dict[str, bytes] = {}  # Idempotency-Key -> the first answer a client received
         lock = threading.Lock()
         killed = threading.Event()
+        retried: set[str] = set()
 
         def fit(c: httpx.Client, url: str, t: int, i: int) -> httpx.Response:
             return c.post(
@@ -98,6 +99,8 @@ def test_two_replicas_apply_each_fit_once_when_one_is_killed_midway(
                     for _ in range(20):  # unacknowledged: the same key on the survivor
                         if r is not None and r.status_code < 500:
                             break
+                        with lock:
+                            retried.add(f"t{t}-i{i}")
                         r = fit(c, double.url, t, i)
                     assert r is not None and r.status_code == 200, r and r.text
                     with lock:
@@ -108,6 +111,7 @@ def test_two_replicas_apply_each_fit_once_when_one_is_killed_midway(
 
         run_threads(threads, client)
         assert killed.is_set()
+        assert retried  # every fit sent to the dead replica afterwards, at least
         assert len(first) == threads * per_thread
         check_totals(double.url, sid, [(t, i) for t in range(threads) for i in range(per_thread)])
         with httpx.Client(timeout=60) as c:
