@@ -5,6 +5,7 @@ in the conformance suite, tests/service/test_stores.py.)"""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -240,3 +241,17 @@ def test_a_deleted_session_is_gone_with_its_receipts(store: RedisStore) -> None:
         store.commit("s1", 2, new_session().state, receipt=receipt)
     with pytest.raises(SessionNotFound):
         store.read("s1")
+
+
+def test_a_hung_redis_is_store_unavailable_after_the_timeout(own_redis: RedisServer) -> None:
+    s = RedisStore(own_redis.url, StoreOptions(timeout_s=0.3))
+    s.create(new_session())
+    assert own_redis.proc is not None
+    own_redis.proc.send_signal(signal.SIGSTOP)  # accepts connections, never answers
+    try:
+        with pytest.raises(StoreUnavailable, match="imeout"):
+            s.read("s1")
+    finally:
+        own_redis.proc.send_signal(signal.SIGCONT)
+    assert s.read("s1").version == 1
+    s.close()
