@@ -41,7 +41,7 @@ from service.stores.base import (
     check_version,
 )
 from service.stores.group import GroupCommit, Write
-from service.stores.sqlite_schema import migrate
+from service.stores.sqlite_schema import SCHEMA_VERSION, migrate
 
 T = TypeVar("T")
 _COLUMNS = "id, name, version, state, created_at, updated_at, owner"
@@ -70,6 +70,7 @@ class SQLiteStore:
             self._run, timeout_s=opts.timeout_s + 1.0
         )
         self._fault: str | None = None  # the last write failure, until a write succeeds
+        self._wrote = False  # a write succeeded since this process opened the store
         self._ready = False  # schema checked (and migrated) by this process
         self._next_expiry = 0.0
         self._cache: OrderedDict[str, Session] = OrderedDict()
@@ -137,6 +138,9 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             self._drop(db)
             raise self._unavailable(exc) from None
+        except CorruptRecord:
+            self._drop(db)  # its page cache may hold what could not be read: start afresh
+            raise
         except BaseException:
             self._idle.put(db)
             raise
@@ -148,9 +152,22 @@ class SQLiteStore:
     # --- the write path -------------------------------------------------------------------
 
     def _ensure(self) -> None:
-        if not self._ready:
+        if self._ready:
+            return
+        current = False
+        try:  # current already: reads need no write (a read-only file still answers them)
+            db = self._take()
+        except StoreUnavailable:
+            db = None
+        if db is not None:
+            try:
+                current = db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+                self._idle.put(db)
+            except sqlite3.Error:
+                self._drop(db)
+        if not current:
             self._write(migrate, ensure=False)
-            self._ready = True
+        self._ready = True
 
     def _write(self, fn: Callable[[sqlite3.Connection], T], ensure: bool = True) -> T:
         if ensure:
@@ -183,7 +200,7 @@ class SQLiteStore:
             self._fault = str(exc)
             self._reset_writer()
             raise self._unavailable(exc) from None
-        self._fault = None
+        self._fault, self._wrote = None, True
         for w, (result, error) in zip(batch, outcomes, strict=True):
             w.result, w.error = result, error
 
@@ -262,9 +279,9 @@ class SQLiteStore:
             row = db.execute(
                 f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
             ).fetchone()
-        if row is None:
-            raise SessionNotFound(session_id)
-        return self._decode(row)
+            if row is None:
+                raise SessionNotFound(session_id)
+            return self._decode(row)
 
     def commit(
         self,
@@ -326,7 +343,7 @@ class SQLiteStore:
 
     def receipt(self, scope: str, key: str) -> Receipt | None:
         with self._reading() as db:
-            return self._held(db, scope, key)
+            return self._held(db, scope, key)  # (a receipt is decoded by its reader)
 
     def delete(
         self, session_id: str, owner: str | None = None, if_match: int | None = None
@@ -365,14 +382,15 @@ class SQLiteStore:
                 "ORDER BY id LIMIT ?",
                 (after or "", owner, owner, limit),
             ).fetchall()
-        return [self._cached(r[0], r[2]) or self._decode(r) for r in rows]
+            return [self._cached(r[0], r[2]) or self._decode(r) for r in rows]
 
     def ping(self) -> None:
-        if self._ready and self._fault is None:
+        if self._ready and self._fault is None and self._wrote:
             with self._reading() as db:
                 db.execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
             return
-        # A write failed last: only a write that succeeds says the store serves again.
+        # A write failed last (or none was tried yet): only a write that succeeds says the
+        # store serves (a file that opens read-only still answers reads).
         self._write(
             lambda db: db.execute("INSERT OR REPLACE INTO probe VALUES (1, ?)", (time.time(),))
         )

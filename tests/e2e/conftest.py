@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -31,6 +32,7 @@ class Server:
         port: int | None = None,
         log: Path | None = None,
         env: dict[str, str] | None = None,
+        popen: dict[str, Any] | None = None,
     ):
         self.store, self.workers = store, workers
         self.env = {**os.environ, **(env or {})}
@@ -38,8 +40,10 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        self.popen = popen or {}  # extra Popen arguments (e.g. user= to run unprivileged)
 
-    def start(self, timeout: float = 30.0) -> Server:
+    def start(self, timeout: float = 30.0, probe: str = "/readyz") -> Server:
+        """Start and wait until ``probe`` answers 200 (``/healthz`` when the store may be down)."""
         cmd = [
             sys.executable,
             "-m",
@@ -60,19 +64,19 @@ class Server:
         ]
         if self.log is None:
             self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=self.env
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=self.env, **self.popen
             )
         else:
             with open(self.log, "ab") as out:  # the child keeps its own descriptor
                 self.proc = subprocess.Popen(
-                    cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env
+                    cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, **self.popen
                 )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}{probe}", timeout=1.0).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
