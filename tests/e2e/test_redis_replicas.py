@@ -4,6 +4,7 @@ processes are each applied exactly once, through a replica crash and a Redis res
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -159,7 +160,8 @@ def test_redis_restart_mid_load_is_503_then_recovers_without_losing_acknowledged
                 while len(acked) < threads * per_thread // 3:
                     threading.Event().wait(0.01)
                 redis_always.kill()  # SIGKILL: only what the AOF fsynced survives
-                while not unavailable:
+                deadline = time.monotonic() + 60
+                while not unavailable and time.monotonic() < deadline:
                     threading.Event().wait(0.01)
                 ready = httpx.get(f"{server.url}/readyz", timeout=30)
                 assert ready.status_code == 503
