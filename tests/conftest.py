@@ -11,3 +11,6 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=25, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+# A real redis-server for the Redis store's tests (conformance suite, e2e).
+from tests.redis_server import redis_server, redis_url  # noqa: E402, F401

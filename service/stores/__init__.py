@@ -23,7 +23,7 @@ __all__ = [
     "open_store",
 ]
 
-_SCHEMES = "memory://, sqlite:///path"
+_SCHEMES = "memory://, sqlite:///path, redis://host:port/db or rediss://"
 
 
 def check_url(url: str, workers: int = 1) -> None:
@@ -37,7 +37,7 @@ def check_url(url: str, workers: int = 1) -> None:
         )
     if scheme == "sqlite" and not url.startswith("sqlite:///"):
         raise ValueError(f"sqlite store URL needs a path: sqlite:///file.db, got {url!r}")
-    if scheme not in ("memory", "sqlite"):
+    if scheme not in ("memory", "sqlite", "redis", "rediss"):
         raise ValueError(f"unknown store URL {url!r}: use {_SCHEMES}")
 
 
@@ -64,6 +64,15 @@ def open_store(url: str, options: StoreOptions | None = None, xp: ModuleType = n
     check_url(url, options.workers)
     if url.startswith("memory:"):
         return MemoryStore(options)
+    if urlparse(url).scheme in ("redis", "rediss"):
+        try:
+            from service.stores.redis import RedisStore  # redis-py is an optional extra
+        except ImportError as exc:
+            raise ValueError(
+                f"{url.split(':')[0]}:// needs redis-py: pip install 'bnaas[redis]' ({exc})"
+            ) from None
+
+        return RedisStore(url, options, xp)
     path = url[len("sqlite:///") :]
     if not path:
         raise ValueError(f"sqlite store URL needs a path: sqlite:///file.db, got {url!r}")

@@ -27,9 +27,13 @@ def from_npy(data: bytes) -> np.ndarray[Any, Any]:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
-    store = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'bn.db'}"
+    store = {
+        "memory": lambda: "memory://",
+        "sqlite": lambda: f"sqlite:///{tmp_path / 'bn.db'}",
+        "redis": lambda: str(request.getfixturevalue("redis_url")),  # a real redis-server
+    }[request.param]()
     app = create_app(Settings(store=store, device="cpu", max_body_bytes=1 << 20))
     with TestClient(app) as c:
         yield c

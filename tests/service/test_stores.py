@@ -44,12 +44,19 @@ def _sqlite(request: pytest.FixtureRequest, options: StoreOptions) -> Store:
     return SQLiteStore(tmp / "s.db", options)
 
 
-STORES: dict[str, Factory] = {"memory": _memory, "sqlite": _sqlite}
+def _redis(request: pytest.FixtureRequest, options: StoreOptions) -> Store:
+    from service.stores.redis import RedisStore  # redis-py is an optional extra
+
+    return RedisStore(str(request.getfixturevalue("redis_url")), options)  # a real redis-server
+
+
+STORES: dict[str, Factory] = {"memory": _memory, "sqlite": _sqlite, "redis": _redis}
+MARKS = {"redis": pytest.mark.redis}
 
 Make = Callable[..., Store]
 
 
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(params=[pytest.param(n, marks=MARKS.get(n, ())) for n in sorted(STORES)])
 def make(request: pytest.FixtureRequest) -> Iterator[Make]:
     """Opens the parametrized engine with the given options (closed after the test)."""
     opened: list[Store] = []

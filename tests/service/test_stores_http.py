@@ -176,9 +176,13 @@ def test_history_of_a_missing_session_is_404(client: TestClient) -> None:
     assert client.get("/v1/sessions/nope/history").status_code == 404
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def keyed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
-    store = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'k.db'}"
+    store = {
+        "memory": lambda: "memory://",
+        "sqlite": lambda: f"sqlite:///{tmp_path / 'k.db'}",
+        "redis": lambda: str(request.getfixturevalue("redis_url")),  # a real redis-server
+    }[request.param]()
     settings = Settings(store=store, device="cpu", api_keys="key-one,key-two")
     with TestClient(create_app(settings)) as c:
         yield c
