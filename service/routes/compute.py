@@ -17,15 +17,12 @@ from service.codecs import (
     SAFETENSORS,
     TENSOR_TYPES,
     content_type,
-    decode_safetensors,
+    decode_named,
     decode_tensor,
     dumps,
     encode_npy,
     encode_safetensors,
-    json_array,
-    json_dtype,
     negotiate,
-    parse_json,
     tensor_json,
 )
 from service.deps import BackendDep, BodyDep, IdempotencyDep, IfMatchDep, SettingsDep, StoreDep
@@ -65,7 +62,8 @@ def transform(session_id: str, body: BodyDep, store: StoreDep, backend: BackendD
     session = store.get(session_id)
     x = decode_tensor(body.data, media, session.state.config.dtype)
     y = bncore.transform(session.state, backend.asarray(x))
-    return to_response(_tensor_replay(answer, y, {"ETag": etag(session.version)}, {}))
+    headers = {"ETag": etag(session.version), "Vary": "Accept"}
+    return to_response(_tensor_replay(answer, y, headers, {}))
 
 
 @router.post(
@@ -102,9 +100,8 @@ def fit(
     retry returns the first answer)."""
     media = content_type(body.content_type, TENSOR_TYPES)
     answer = negotiate(body.accept, media, TENSOR_TYPES) if output else JSON
-    # JSON numbers take the session's dtype (fixed at creation); .npy carries its own.
-    dtype = store.get(session_id).state.config.dtype if media == JSON else "float32"
-    x = decode_tensor(body.data, media, dtype)
+    # Every body is converted to the session's dtype (fixed at creation; service/dtypes.py).
+    x = decode_tensor(body.data, media, store.get(session_id).state.config.dtype)
 
     def change(session: Session) -> tuple[bncore.BNState, bncore.FitResult]:
         return bncore.fit(session.state, backend.asarray(x), output=output)
@@ -119,6 +116,7 @@ def fit(
         headers = {
             "ETag": etag(session.version),
             "BN-Num-Batches-Tracked": str(session.state.num_batches_tracked),
+            "Vary": "Accept",
         }
         extra = {
             "batch": stats,
@@ -138,25 +136,6 @@ def fit(
     return rendered(
         store.update(session_id, change, if_match=if_match, idem=idem, render=render), render
     )
-
-
-def _multi(body: bytes, media: str, names: tuple[str, ...], dtype: str) -> dict[str, Array]:
-    """Named tensors from JSON members or a safetensors file; missing optional ones are absent."""
-    if media == SAFETENSORS:
-        tensors, _ = decode_safetensors(body)
-        return {k: v for k, v in tensors.items() if k in names}
-    doc = parse_json(body)
-    if not isinstance(doc, dict):
-        raise MalformedBody(f"JSON body must be an object with members {', '.join(names)}")
-    dt = json_dtype(doc, dtype)
-    shape = doc.get("shape")
-    out = {}
-    for name in names:
-        if name in doc:
-            out[name] = json_array(
-                doc[name], name, shape if name in ("data", "grad_output") else None, dt
-            )
-    return out
 
 
 def _require(tensors: dict[str, Array], name: str) -> Array:
@@ -196,14 +175,16 @@ def backward(
     answer = negotiate(body.accept, media, MULTI_TYPES)
 
     def run(session: Session) -> tuple[bncore.BNState | None, bncore.Gradients]:
-        tensors = _multi(body.data, media, ("data", "grad_output"), session.state.config.dtype)
+        tensors = decode_named(
+            body.data, media, ("data", "grad_output"), session.state.config.dtype
+        )
         x = backend.asarray(_require(tensors, "data"))
         g = backend.asarray(_require(tensors, "grad_output"))
         new, grads = bncore.backward(session.state, x, g, train=mode == "train", lr=lr)
         return (new if lr is not None else None), grads
 
     def render(session: Session, grads: bncore.Gradients) -> Replay:
-        headers = {"ETag": etag(session.version)}
+        headers = {"ETag": etag(session.version), "Vary": "Accept"}
         named = {
             "grad_input": grads.grad_input,
             "grad_weight": grads.grad_weight,
@@ -238,11 +219,11 @@ def fold(session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep) -
     media = content_type(body.content_type, MULTI_TYPES)
     answer = negotiate(body.accept, media, MULTI_TYPES)
     session = store.get(session_id)
-    tensors = _multi(body.data, media, ("weight", "bias"), session.state.config.dtype)
+    tensors = decode_named(body.data, media, ("weight", "bias"), session.state.config.dtype)
     w = backend.asarray(_require(tensors, "weight"))
     b = tensors.get("bias")
     fw, fb = bncore.fold(session.state, w, backend.asarray(b) if b is not None else None)
-    headers = {"ETag": etag(session.version)}
+    headers = {"ETag": etag(session.version), "Vary": "Accept"}
     if answer == SAFETENSORS:
         return to_response(
             Replay(

@@ -112,9 +112,13 @@ def infer(
     version: str | None = None,
 ) -> Response:
     _check_version(session_id, version)
-    req = decode_infer(body.data, request.headers.get("inference-header-content-length"))
+    session = store.get(session_id)  # its dtype is the decode target
+    req = decode_infer(
+        body.data,
+        request.headers.get("inference-header-content-length"),
+        session.state.config.dtype,
+    )
     if req.mode == "transform":
-        session = store.get(session_id)
         y = bncore.transform(session.state, backend.asarray(req.x))
         return _answer(session_id, req, y, {"mode": "transform"})
 

@@ -50,11 +50,19 @@ class Idempotency:
 
 
 Render = Callable[[Session, R], Replay]
+# If-Match: one version, a set of versions (an ETag list matches any of them), or None (any).
+IfMatch = int | frozenset[int] | None
 
 
-def check_version(version: int, if_match: int | None) -> None:
-    """``PreconditionFailed`` unless ``if_match`` is absent or the current ``version``."""
-    if if_match is not None and if_match != version:
+def check_version(version: int, if_match: IfMatch) -> None:
+    """``PreconditionFailed`` unless ``if_match`` is absent or names the current ``version``."""
+    if if_match is None:
+        return
+    if isinstance(if_match, frozenset):
+        if version not in if_match:
+            wanted = ", ".join(str(v) for v in sorted(if_match))
+            raise PreconditionFailed(f"session is at version {version}, not one of {wanted}")
+    elif if_match != version:
         raise PreconditionFailed(f"session is at version {version}, not {if_match}")
 
 
@@ -88,7 +96,7 @@ class Store(Protocol):
         """Sessions ordered by id, ``limit`` of them after id ``after`` (of ``owner`` if given)."""
         ...
 
-    def delete(self, session_id: str, if_match: int | None = None) -> None:
+    def delete(self, session_id: str, if_match: IfMatch = None) -> None:
         """Remove a session (and its idempotency records)."""
         ...
 
@@ -97,7 +105,7 @@ class Store(Protocol):
         session_id: str,
         fn: Change[R],
         *,
-        if_match: int | None = None,
+        if_match: IfMatch = None,
         idem: Idempotency | None = None,
         render: Render[R] | None = None,
     ) -> tuple[Session, R] | Replay:

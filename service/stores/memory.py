@@ -11,6 +11,7 @@ from service.errors import SessionNotFound
 from service.stores.base import (
     Change,
     Idempotency,
+    IfMatch,
     Render,
     Replay,
     Session,
@@ -85,7 +86,7 @@ class MemoryStore:
             )
             return [self._sessions[i] for i in ids[:limit]]
 
-    def delete(self, session_id: str, if_match: int | None = None) -> None:
+    def delete(self, session_id: str, if_match: IfMatch = None) -> None:
         with self._lock(session_id):
             current = self.get(session_id)
             check_version(current.version, if_match)
@@ -100,7 +101,7 @@ class MemoryStore:
         session_id: str,
         fn: Change[R],
         *,
-        if_match: int | None = None,
+        if_match: IfMatch = None,
         idem: Idempotency | None = None,
         render: Render[R] | None = None,
     ) -> tuple[Session, R] | Replay:

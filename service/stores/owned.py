@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from bncore import BNState
 from service.errors import SessionNotFound
-from service.stores.base import Change, Idempotency, Render, Replay, Session, Store
+from service.stores.base import Change, Idempotency, IfMatch, Render, Replay, Session, Store
 
 R = TypeVar("R")
 
@@ -45,7 +45,7 @@ class OwnedStore:
     def list(self, limit: int, after: str | None, owner: str | None = None) -> list[Session]:
         return self.inner.list(limit, after, self.owner)
 
-    def delete(self, session_id: str, if_match: int | None = None) -> None:
+    def delete(self, session_id: str, if_match: IfMatch = None) -> None:
         self.get(session_id)  # owners never change, so checking first is enough
         self.inner.delete(session_id, if_match)
 
@@ -54,7 +54,7 @@ class OwnedStore:
         session_id: str,
         fn: Change[R],
         *,
-        if_match: int | None = None,
+        if_match: IfMatch = None,
         idem: Idempotency | None = None,
         render: Render[R] | None = None,
     ) -> tuple[Session, R] | Replay:

@@ -28,6 +28,7 @@ from service.errors import (
 from service.stores.base import (
     Change,
     Idempotency,
+    IfMatch,
     Render,
     Replay,
     Session,
@@ -216,7 +217,7 @@ class SQLiteStore:
         )
         return [self._session(r) for r in rows]
 
-    def delete(self, session_id: str, if_match: int | None = None) -> None:
+    def delete(self, session_id: str, if_match: IfMatch = None) -> None:
         with self._write() as db:
             row = db.execute("SELECT version FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None:
@@ -232,7 +233,7 @@ class SQLiteStore:
         session_id: str,
         fn: Change[R],
         *,
-        if_match: int | None = None,
+        if_match: IfMatch = None,
         idem: Idempotency | None = None,
         render: Render[R] | None = None,
     ) -> tuple[Session, R] | Replay:

@@ -14,22 +14,23 @@ from service.errors import BodyTooLarge, MalformedBody, NotAcceptable, Unsupport
 from tests.service.conftest import npy
 
 
-@pytest.mark.parametrize("dtype", ["<f2", "<f4", "<f8", ">f4"])
-def test_npy_decodes_as_numpy_saved_it(dtype: str) -> None:
+@pytest.mark.parametrize("dtype", ["<f2", "<f4", "<f8", ">f4", ">f8"])
+@pytest.mark.parametrize("target", ["float32", "float64"])
+def test_npy_decodes_as_numpy_saved_it_in_the_session_dtype(dtype: str, target: str) -> None:
     a = np.arange(24, dtype=dtype).reshape(2, 3, 4)
-    b = codecs.decode_npy(npy(a))
+    b = codecs.decode_npy(npy(a), target)
     np.testing.assert_array_equal(b, a)
-    assert b.dtype.isnative
+    assert b.dtype == np.dtype(target)
 
 
 def test_npy_fortran_order_is_accepted() -> None:
     a = np.asfortranarray(np.arange(12, dtype="f4").reshape(3, 4))
-    np.testing.assert_array_equal(codecs.decode_npy(npy(a)), a)
+    np.testing.assert_array_equal(codecs.decode_npy(npy(a), "float32"), a)
 
 
 def test_npy_decode_is_zero_copy() -> None:
     body = npy(np.ones((4, 3), "f4"))
-    assert codecs.decode_npy(body).base is not None
+    assert codecs.decode_npy(body, "float32").base is not None
 
 
 def test_encode_npy_round_trips_through_numpy() -> None:
@@ -47,25 +48,25 @@ def test_npy_header_numpy_did_not_write_uses_the_safe_parser() -> None:
     text = b"{'shape': (2, 3), 'fortran_order': False, 'descr': '<f8'}"
     header = text + b" " * (-(10 + len(text) + 1) % 64) + b"\n"
     body = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(48)
-    assert codecs.decode_npy(body).shape == (2, 3)
+    assert codecs.decode_npy(body, "float64").shape == (2, 3)
 
 
 def test_npy_with_pickled_objects_is_refused() -> None:
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(MalformedBody, match="pickle"):
-        codecs.decode_npy(buf.getvalue())
+        codecs.decode_npy(buf.getvalue(), "float32")
 
 
 def test_npy_int_is_a_dtype_error() -> None:
     with pytest.raises(bncore.DTypeError):
-        codecs.decode_npy(npy(np.zeros(3, "i4")))
+        codecs.decode_npy(npy(np.zeros(3, "i4")), "float32")
 
 
 def test_npy_huge_header_is_refused() -> None:
     body = b"\x93NUMPY\x02\x00" + (200_000).to_bytes(4, "little") + b" " * 200_000
     with pytest.raises(MalformedBody):
-        codecs.decode_npy(body)
+        codecs.decode_npy(body, "float32")
 
 
 @pytest.mark.parametrize(
