@@ -257,7 +257,9 @@ def test_v2_bf16_binary_is_accepted(client: TestClient) -> None:
 # --- If-Match -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tag", ['"²"'.encode("latin-1"), '"' + "9" * 5000 + '"', '"3" "4"', '"-1"', '"1_0"', '""'])
+@pytest.mark.parametrize(
+    "tag", ['"²"'.encode("latin-1"), '"' + "9" * 5000 + '"', '"3" "4"', '"-1"', '"1_0"', '""']
+)
 def test_if_match_that_is_not_an_etag_list_is_400(client: TestClient, tag: str | bytes) -> None:
     sid = create(client)
     r = client.post(f"/v1/sessions/{sid}/fit", json={"data": X.tolist()}, headers={"If-Match": tag})

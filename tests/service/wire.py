@@ -1,16 +1,16 @@
 """Hand-built wire bodies for the decoder tests: npy with any header text, safetensors with any
-header, V2 requests; no library that would refuse to write what a hostile client sends."""
+header, V2 requests; no library that would refuse to write what a hostile client sends (stdlib
+json, which writes integers of any size, and NaN)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
-
-import orjson
 
 
 def npy_raw(header: str | bytes, data: bytes = b"", major: int = 1) -> bytes:
     """A .npy file with exactly this header text (padded like numpy pads it)."""
-    text = header.encode("latin1") if isinstance(header, str) else header
+    text = header.encode("utf-8") if isinstance(header, str) else header
     prefix = 10 if major == 1 else 12
     text += b" " * (-(prefix + len(text) + 1) % 64) + b"\n"
     size = len(text).to_bytes(2 if major == 1 else 4, "little")
@@ -24,7 +24,7 @@ def npy_header(descr: str, shape: str, fortran: str = "False") -> str:
 
 def safetensors_raw(header: dict[str, Any] | bytes, data: bytes = b"") -> bytes:
     """A safetensors file with exactly this header (a dict is JSON-encoded)."""
-    text = header if isinstance(header, bytes) else orjson.dumps(header)
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
     return len(text).to_bytes(8, "little") + text + data
 
 
@@ -47,7 +47,7 @@ def v2_json(datatype: Any, shape: Any, data: Any, **params: Any) -> bytes:
     doc = {"inputs": [{"name": "INPUT", "datatype": datatype, "shape": shape, "data": data}]}
     if params:
         doc["parameters"] = params
-    return orjson.dumps(doc)
+    return json.dumps(doc).encode()
 
 
 def v2_binary(datatype: Any, shape: Any, raw: bytes, **params: Any) -> tuple[bytes, dict[str, str]]:
@@ -61,5 +61,5 @@ def v2_binary(datatype: Any, shape: Any, raw: bytes, **params: Any) -> tuple[byt
     doc: dict[str, Any] = {"inputs": [spec]}
     if params:
         doc["parameters"] = params
-    head = orjson.dumps(doc)
+    head = json.dumps(doc).encode()
     return head + raw, {"Inference-Header-Content-Length": str(len(head))}
