@@ -111,5 +111,39 @@ def test_decompress_refuses_unknown_encodings_and_garbage() -> None:
 
 
 def test_json_null_is_nan() -> None:
-    a = codecs.json_array([[1, None]], "data")
+    a = codecs.json_array([[1, None]], "data", dtype="float32")
     assert np.isnan(a[0, 1])
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("application/json;q=0, */*", "application/x-npy"),
+        ("application/*;q=0.5, application/x-npy;q=0.2", "application/json"),
+        ("*/*;q=0, application/x-npy", "application/x-npy"),
+        ("application/json;q=nan, application/x-npy;q=0.1", "application/x-npy"),
+    ],
+)
+def test_negotiate_takes_each_types_most_specific_range(accept: str, expected: str) -> None:
+    assert codecs.negotiate(accept, "application/json", codecs.TENSOR_TYPES) == expected
+
+
+def test_decompress_refuses_trailing_junk_and_joins_gzip_members() -> None:
+    with pytest.raises(MalformedBody, match="trailing"):
+        codecs.decompress(gzip.compress(b"abc") + b"\0", "gzip", 100)
+    assert codecs.decompress(gzip.compress(b"ab") + gzip.compress(b"c"), "gzip", 100) == b"abc"
+
+
+def test_decompress_ratio_bound_spares_small_bodies() -> None:
+    small = gzip.compress(b"\0" * 500_000)  # over 100 times, but under the 1 MiB floor
+    assert len(codecs.decompress(small, "gzip", 1 << 30, 100)) == 500_000
+    with pytest.raises(BodyTooLarge, match="100 times"):
+        codecs.decompress(gzip.compress(b"\0" * (4 << 20)), "gzip", 1 << 30, 100)
+
+
+def test_json_array_refuses_booleans_and_out_of_range_values() -> None:
+    with pytest.raises(bncore.DTypeError, match="boolean"):
+        codecs.json_array([[1.5, True]], "data", dtype="float32")
+    with pytest.raises(bncore.DTypeError, match="range"):
+        codecs.json_array([[1e39, 1.0]], "data", dtype="float32")
+    assert codecs.json_array([[1e39, 1.0]], "data", dtype="float64")[0, 0] == 1e39

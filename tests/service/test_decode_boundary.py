@@ -90,6 +90,19 @@ def test_v2_shape_that_is_not_a_shape_is_400(client: TestClient, shape: object) 
     assert r.status_code == 400, r.text
 
 
+@pytest.mark.parametrize(
+    ("shape", "data"), [([0, 18446744073709551615], []), ([1] * 65, [1.0]), ([0, 1 << 63], [])]
+)
+def test_v2_shape_numpy_cannot_hold_is_400(
+    client: TestClient, shape: list[int], data: list[float]
+) -> None:
+    sid = create(client)
+    r = client.post(f"/v2/models/{sid}/infer", content=v2_json("FP32", shape, data))
+    assert r.status_code == 400, r.text
+    r = client.post(f"/v2/models/{sid}/infer", content=v2_binary("FP32", shape, b"")[0])
+    assert r.status_code == 400, r.text
+
+
 def test_v2_header_length_with_underscores_is_400(client: TestClient) -> None:
     sid = create(client)
     body, headers = v2_binary("FP32", [4, 3], X.tobytes())
