@@ -161,7 +161,10 @@ def decode_infer(body: bytes, header_length: str | None, dtype: str) -> InferReq
     else:
         if "data" not in spec:
             raise V2Error(f"input {INPUT!r} has neither 'data' nor parameters.binary_data_size")
-        flat = json_array(spec["data"], "input data", dtype=dtype).reshape(-1)
+        head = body[:json_end]
+        bools = b"true" in head or b"false" in head  # no boolean scan when there are none
+        flat = json_array(spec["data"], "input data", dtype=dtype, maybe_bools=bools)
+        flat = flat.reshape(-1)
         if flat.size != count:
             raise V2Error(f"input data has {flat.size} values; shape {shape} needs {count}")
         x = reshape(flat, shape, "input")

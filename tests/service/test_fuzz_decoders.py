@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bncore
-from service import codecs, v2codec
+from service import codecs, deps, v2codec
 from service.errors import ENGINE_ERRORS, ServiceError
 from tests.service.wire import npy_header, npy_raw, safetensors_raw
 
@@ -321,3 +321,57 @@ def test_decompress_returns_bytes_or_a_4xx(body: bytes, encoding: str) -> None:
                 raise
         else:
             assert isinstance(out, bytes)
+
+
+# --- headers --------------------------------------------------------------------------------
+
+header_text = st.one_of(
+    st.text(max_size=30),
+    st.lists(
+        st.sampled_from(['"3"', 'W/"4"', "*", '"²"', '"1_0"', '""', "5", '"9999999999999999999"']),
+        max_size=3,
+    ).map(", ".join),
+)
+
+
+@given(header_text)
+def test_if_match_parses_to_versions_or_a_400(value: str) -> None:
+    try:
+        parsed = deps.parse_if_match(value)
+    except ServiceError as exc:
+        if exc.status != 400:
+            raise
+        return
+    versions = (
+        parsed if isinstance(parsed, frozenset) else {parsed} if parsed is not None else set()
+    )
+    assert all(isinstance(v, int) and 0 <= v < 1 << 63 for v in versions)
+
+
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.lists(
+            st.sampled_from(
+                [
+                    "application/json;q=0",
+                    "*/*",
+                    "application/x-npy;q=0.5",
+                    "application/*;q=nan",
+                    "text/csv",
+                    ";q=1",
+                    "*/*;q=0",
+                ]
+            ),
+            max_size=3,
+        ).map(", ".join),
+    )
+)
+def test_negotiate_answers_an_offered_type_or_406(accept: str) -> None:
+    try:
+        chosen = codecs.negotiate(accept, codecs.JSON, codecs.TENSOR_TYPES)
+    except ServiceError as exc:
+        if exc.status != 406:
+            raise
+        return
+    assert chosen in codecs.TENSOR_TYPES
