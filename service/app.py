@@ -11,6 +11,7 @@ from fastapi import FastAPI
 import bncore
 from service import __version__, errors
 from service.commit import Commits
+from service.auth import ApiKeyAuth
 from service.limits import BodyLimit
 from service.malloc import keep_freed_memory
 from service.metrics import Metrics, MetricsMiddleware
@@ -71,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Outside BodyLimit: a caller without a key learns nothing, not even the body limit.
+    app.add_middleware(ApiKeyAuth, keys=settings.key_list())
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (probes, sessions, compute, stats, history, v2):
         app.include_router(module.router)

@@ -1,7 +1,9 @@
 """Tensor wire formats <-> NumPy arrays: JSON, .npy and safetensors; never through pydantic.
 
-Decoders raise ``MalformedBody`` (400) for bytes that are not what they claim to be and
-``bncore.DTypeError`` (422) for well-formed tensors of a dtype the engine does not compute in.
+Decoders take the session's dtype and return arrays of it (service/dtypes.py has the rule).
+They raise ``MalformedBody`` (400) for bytes that are not what they claim to be and
+``bncore.DTypeError`` (422) for well-formed tensors of a dtype that is refused; nothing else
+(``decode_boundary``).
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
-import safetensors
-import safetensors.numpy
 
 import bncore
+from service import safetensors_codec
+from service.dtypes import (
+    FLOAT_NAMES,
+    SEND,
+    check_session_dtype,
+    decode_boundary,
+    refuse,
+    to_session_dtype,
+)
 from service.errors import BodyTooLarge, MalformedBody, NotAcceptable, UnsupportedMediaType
 
 JSON = "application/json"
@@ -31,7 +40,6 @@ MULTI_TYPES = (JSON, SAFETENSORS)
 
 Array = npt.NDArray[Any]
 _NPY_MAGIC = b"\x93NUMPY"
-_FLOAT_KINDS = ("float16", "float32", "float64")
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -50,56 +58,83 @@ def content_type(header: str | None, offered: tuple[str, ...]) -> str:
 
 
 def negotiate(accept: str | None, default: str, offered: tuple[str, ...]) -> str:
-    """Pick the response type from ``Accept`` (q-values honoured); ``*/*`` means ``default``."""
+    """Pick the response type from ``Accept`` (RFC 9110: the most specific range gives each
+    type its q-value; q=0 means "not acceptable"); ties go to ``default``, then to order."""
     if not accept or not accept.strip():
         return default
-    prefs: list[tuple[float, int, str]] = []
-    for i, part in enumerate(accept.split(",")):
+    ranges: list[tuple[str, float]] = []
+    for part in accept.split(","):
         fields = part.split(";")
         q = 1.0
         for f in fields[1:]:
             k, _, v = f.strip().partition("=")
-            if k.strip() == "q":
+            if k.strip().lower() == "q":
                 try:
-                    q = float(v)
+                    q = float(v.strip())
                 except ValueError:
                     q = 0.0
-        prefs.append((-q, i, fields[0].strip().lower()))
-    for neg_q, _, mt in sorted(prefs):
-        if neg_q >= 0:
-            continue
-        if mt in ("*/*", "application/*"):
-            return default
-        if mt in offered:
-            return mt
+                q = min(max(q, 0.0), 1.0) if q == q else 0.0  # q == q: not NaN
+        if fields[0].strip():
+            ranges.append((fields[0].strip().lower(), q))
+
+    def quality(mt: str) -> float:
+        best, specificity = 0.0, -1
+        for rng, q in ranges:
+            s = 2 if rng == mt else 1 if rng == mt.split("/")[0] + "/*" else 0
+            if (s == 2 or s == 1 or rng == "*/*") and s > specificity:
+                best, specificity = q, s
+        return best
+
+    candidates = [default, *(t for t in offered if t != default)]
+    q, chosen = max((quality(t), -i) for i, t in enumerate(candidates))
+    if q > 0:
+        return candidates[-chosen]
     raise NotAcceptable(f"cannot answer with {accept!r}; this route offers {', '.join(offered)}")
 
 
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo ``Content-Encoding`` gzip/deflate, refusing to inflate past ``limit`` bytes."""
+_INFLATE_FLOOR = 1 << 20  # bodies inflating to under 1 MiB are never refused by ratio
+
+
+def decompress(body: bytes, encoding: str | None, limit: int, max_ratio: int = 0) -> bytes:
+    """Undo ``Content-Encoding`` gzip/deflate, inflating at most ``limit`` bytes and at most
+    ``max_ratio`` times the compressed size (0: no ratio bound; never under 1 MiB).
+
+    Inflation stops as soon as a bound is passed, so a bomb costs at most the bound in memory.
+    Data after the stream is refused (one gzip member may follow another, as RFC 1952 allows).
+    """
     enc = (encoding or "identity").strip().lower()
     if enc in ("", "identity"):
         return body
     if enc not in ("gzip", "deflate", "x-gzip"):
         raise UnsupportedMediaType(f"Content-Encoding {enc!r} is not supported (gzip, deflate)")
-    inflater = zlib.decompressobj(wbits=47 if enc != "deflate" else 15)
+    bound = limit if max_ratio <= 0 else min(limit, max(len(body) * max_ratio, _INFLATE_FLOOR))
+    why = f"{limit} bytes" if bound == limit else f"{max_ratio} times its compressed size"
+    parts: list[bytes] = []
+    total, data = 0, body
     try:
-        out = inflater.decompress(body, limit + 1)
-        if inflater.unconsumed_tail or len(out) > limit:
-            raise BodyTooLarge(f"decompressed body exceeds {limit} bytes")
-        if not inflater.eof:
-            raise MalformedBody(f"truncated {enc} body")
+        while True:
+            inflater = zlib.decompressobj(wbits=47 if enc != "deflate" else 15)
+            out = inflater.decompress(data, bound - total + 1)
+            total += len(out)
+            if total > bound:
+                raise BodyTooLarge(f"decompressed body exceeds {why}")
+            parts.append(out)
+            if not inflater.eof:
+                raise MalformedBody(f"truncated {enc} body")
+            data = inflater.unused_data
+            if not data:
+                break
+            if enc == "deflate" or not data.startswith(b"\x1f\x8b"):
+                raise MalformedBody(f"{len(data)} byte(s) of trailing data after the {enc} stream")
     except zlib.error as exc:
         raise MalformedBody(f"invalid {enc} body: {exc}") from None
-    return out
-
-
-def _float_dtype(dtype: np.dtype[Any], what: str) -> None:
-    if dtype.name not in _FLOAT_KINDS:
-        raise bncore.DTypeError(f"{what} dtype must be float16, float32 or float64, got {dtype}")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 # --- JSON -----------------------------------------------------------------------------------
+
+MAX_DIMS = 64  # NumPy's limit on the rank of an array
+_MAX_DIM = (1 << 63) - 1
 
 
 def parse_json(body: bytes) -> Any:
@@ -110,8 +145,24 @@ def parse_json(body: bytes) -> Any:
         raise MalformedBody(f"invalid JSON: {exc}") from None
 
 
-def json_array(value: Any, what: str, shape: Any = None, dtype: str = "float64") -> Array:
-    """Nested (or flat, with ``shape``) JSON numbers as an array; ``null`` becomes NaN."""
+def _has_bool(value: list[Any]) -> bool:
+    """Whether nested lists hold a JSON boolean (NumPy would read ``true`` as 1)."""
+    if value and type(value[0]) is list:
+        return any(type(v) is bool or (type(v) is list and _has_bool(v)) for v in value)
+    return bool in set(map(type, value))
+
+
+def json_array(
+    value: Any, what: str, shape: Any = None, dtype: str = "float64", maybe_bools: bool = True
+) -> Array:
+    """Nested (or flat, with ``shape``) JSON numbers as an array of ``dtype``; ``null`` is NaN.
+
+    Integer literals are numbers like any other: rounded to the nearest ``dtype`` value (exact up
+    to 2^24 in float32, 2^53 in float64); a value beyond the dtype's range is refused (422), and
+    so are booleans. ``maybe_bools=False`` skips the boolean scan when the caller knows the body
+    holds no ``true``/``false`` at all.
+    """
+    check_session_dtype(dtype)
     if not isinstance(value, list):
         raise MalformedBody(f"{what} must be a JSON array of numbers")
     try:
@@ -123,54 +174,90 @@ def json_array(value: Any, what: str, shape: Any = None, dtype: str = "float64")
             )
             if not all(numbers):
                 raise ValueError("values must be numbers or null")
-            arr = np.asarray(value, dtype=dtype)  # null -> NaN
+            arr = np.asarray(value, dtype=np.float64)  # null -> NaN; huge ints -> nearest float
         elif arr.dtype.kind not in "iuf":
-            raise ValueError(
-                f"values must be numbers or null, not {arr.dtype.kind!r} ({arr.dtype})"
-            )
-        with np.errstate(over="ignore"):  # 1e39 as float32 is inf: the NaN policy judges it
-            arr = arr.astype(dtype, copy=False)
+            raise ValueError(f"values must be numbers or null, not {arr.dtype}")
     except (ValueError, TypeError, OverflowError) as exc:
         reason = "ragged nested lists" if "inhomogeneous" in str(exc) else str(exc)
         raise MalformedBody(f"{what} is not a rectangular array of numbers ({reason})") from None
+    if arr.ndim > MAX_DIMS:
+        raise MalformedBody(f"{what} has {arr.ndim} dimensions; at most {MAX_DIMS}")
+    # After asarray, so the nesting is known to be at most 64 deep.
+    if maybe_bools and _has_bool(value):
+        raise bncore.DTypeError(
+            f"{what} holds a JSON boolean, which is not a number: {SEND.format(dtype=dtype)}"
+        )
+    with np.errstate(over="ignore"):
+        out = arr.astype(dtype, copy=False)
+    if out.size and arr.dtype != out.dtype and np.isinf(out).any():  # JSON has no Inf literal
+        first = arr.reshape(-1)[int(np.argmax(np.isinf(out).reshape(-1)))]
+        raise bncore.DTypeError(
+            f"{what} holds {first!r}, beyond the range of the session's dtype {dtype}"
+        )
     if shape is not None:
         dims = _shape(shape, what)
-        if arr.ndim != 1:
+        if out.ndim != 1:
             raise MalformedBody(f"{what} must be a flat list when 'shape' is given")
-        if math.prod(dims) != arr.size:
+        if math.prod(dims) != out.size:
             raise MalformedBody(
-                f"{what} has {arr.size} values; shape {dims} needs {math.prod(dims)}"
+                f"{what} has {out.size} values; shape {dims} needs {math.prod(dims)}"
             )
-        arr = arr.reshape(dims)
-    return arr
+        out = reshape(out, dims, what)
+    return out
+
+
+def reshape(arr: Array, dims: Any, what: str) -> Array:
+    """``arr.reshape(dims)`` with NumPy's refusals (rank > 64, size overflow) as a 400."""
+    try:
+        return arr.reshape(dims)
+    except ValueError as exc:
+        raise MalformedBody(f"{what} cannot take shape {list(dims)}: {exc}") from None
+
+
+def dims_ok(shape: Any) -> bool:
+    """A list or tuple of at most 64 non-negative integers below 2^63 (booleans are not)."""
+    return (
+        isinstance(shape, (list, tuple))
+        and len(shape) <= MAX_DIMS
+        and all(type(d) is int and 0 <= d <= _MAX_DIM for d in shape)
+    )
 
 
 def _shape(shape: Any, what: str) -> list[int]:
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if not isinstance(shape, list) or not dims_ok(shape):
         raise MalformedBody(
-            f"shape of {what} must be a list of non-negative integers, got {shape!r}"
+            f"shape of {what} must be a list of at most {MAX_DIMS} non-negative integers, "
+            f"got {str(shape)[:100]}"
         )
     return shape
 
 
-def json_dtype(doc: Mapping[str, Any], default: str) -> str:
-    """The optional ``dtype`` member of a JSON tensor body."""
-    dtype = doc.get("dtype", default)
-    if dtype not in _FLOAT_KINDS:
-        raise bncore.DTypeError(f"dtype must be float16, float32 or float64, got {dtype!r}")
-    return str(dtype)
+def json_dtype(doc: Mapping[str, Any]) -> None:
+    """Check the optional ``dtype`` member of a JSON tensor body: it may declare any float
+    name (the values are converted to the session's dtype all the same)."""
+    dtype = doc.get("dtype")
+    if dtype is not None and dtype not in FLOAT_NAMES:
+        raise bncore.DTypeError(
+            f"dtype must be one of {', '.join(FLOAT_NAMES)}, got {str(dtype)[:50]!r}: JSON "
+            "numbers are converted to the session's dtype"
+        )
 
 
-def decode_json_tensor(body: bytes, default_dtype: str) -> Array:
+def _bools_in(body: bytes) -> bool:
+    return b"true" in body or b"false" in body  # memmem: free when absent, the common case
+
+
+@decode_boundary
+def decode_json_tensor(body: bytes, dtype: str) -> Array:
     """``{"data": nested}`` or ``{"data": flat, "shape": [...]}`` (or a bare nested list)."""
     doc = parse_json(body)
+    bools = _bools_in(body)
     if isinstance(doc, list):
-        return json_array(doc, "body", dtype=default_dtype)
+        return json_array(doc, "body", dtype=dtype, maybe_bools=bools)
     if not isinstance(doc, dict) or "data" not in doc:
         raise MalformedBody('JSON tensor body must be {"data": [...]} with optional "shape"')
-    return json_array(doc["data"], "data", doc.get("shape"), json_dtype(doc, default_dtype))
+    json_dtype(doc)
+    return json_array(doc["data"], "data", doc.get("shape"), dtype, bools)
 
 
 def tensor_json(arr: Array) -> dict[str, Any]:
@@ -188,8 +275,8 @@ def dumps(doc: Any) -> bytes:
 
 # The header numpy itself writes; anything else goes through numpy's (slower) safe parser.
 _NPY_HEADER = re.compile(
-    rb"\{'descr': '([<>|=]?[a-z]\d+)', 'fortran_order': (True|False), "
-    rb"'shape': \(([0-9, ]*)\), \} *\n"
+    rb"\{'descr': '([<>|=]?[a-z]\d{1,2})', 'fortran_order': (True|False), "
+    rb"'shape': \(((?:\d{1,19}, )*\d{1,19},?|)\), \} *\n"
 )
 
 
@@ -209,7 +296,11 @@ def _npy_header(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]
     m = _NPY_HEADER.fullmatch(body, start, start + hlen)
     if m is not None:
         shape = tuple(int(d) for d in m[3].split(b",") if d.strip())
-        return shape, m[2] == b"True", np.dtype(m[1].decode()), start + hlen
+        try:
+            dtype = np.dtype(m[1].decode())
+        except TypeError as exc:
+            raise MalformedBody(f"invalid .npy header: descr {m[1].decode()!r}: {exc}") from None
+        return shape, m[2] == b"True", dtype, start + hlen
     fp = io.BytesIO(body)
     try:
         version = np.lib.format.read_magic(fp)
@@ -224,22 +315,31 @@ def _npy_header(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]
     return shape, fortran, dtype, fp.tell()
 
 
-def decode_npy(body: bytes) -> Array:
-    """One ``.npy`` file (v1/v2, float, no pickle) as a zero-copy view of the body."""
-    shape, fortran, dtype, offset = _npy_header(body)
-    if dtype.hasobject:
+@decode_boundary
+def decode_npy(body: bytes, dtype: str) -> Array:
+    """One ``.npy`` file (v1/v2, no pickle) as an array of ``dtype`` (float32/float64): a
+    zero-copy view of the body when it already holds C-order ``dtype`` in native order."""
+    check_session_dtype(dtype)
+    shape, fortran, stored, offset = _npy_header(body)
+    if stored.hasobject:
         raise MalformedBody(".npy with Python objects (pickle) is not accepted")
-    _float_dtype(dtype, ".npy")
+    if not dims_ok(shape):
+        raise MalformedBody(f".npy shape must be at most {MAX_DIMS} non-negative sizes: {shape}")
+    if stored.kind != "f" or stored.subdtype is not None or stored.names is not None:
+        raise refuse(".npy", stored.str if stored.names is None else "structured", dtype)
     count = math.prod(shape)
-    if len(body) - offset != count * dtype.itemsize:
+    if len(body) - offset != count * stored.itemsize:
         raise MalformedBody(
-            f".npy data is {len(body) - offset} bytes; header promises {count * dtype.itemsize}"
+            f".npy data is {len(body) - offset} bytes; header promises {count * stored.itemsize}"
         )
-    arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
-    arr = arr.reshape(shape, order="F" if fortran else "C")
-    if fortran or not dtype.isnative:
-        arr = np.ascontiguousarray(arr, dtype=dtype.newbyteorder("="))
-    return arr
+    arr = np.frombuffer(body, dtype=stored, count=count, offset=offset)
+    try:
+        arr = arr.reshape(shape, order="F" if fortran else "C")
+    except ValueError as exc:
+        raise MalformedBody(f".npy shape {shape}: {exc}") from None
+    if fortran:
+        arr = np.ascontiguousarray(arr)
+    return to_session_dtype(arr, dtype, ".npy")
 
 
 def encode_npy(arr: Array) -> bytes:
@@ -253,36 +353,47 @@ def encode_npy(arr: Array) -> bytes:
     return b"".join((_NPY_MAGIC, b"\x01\x00", len(header).to_bytes(2, "little"), header, data))
 
 
-def decode_tensor(body: bytes, media: str, default_dtype: str) -> Array:
-    """Decode a tensor body of media type ``media`` (JSON or npy)."""
+def decode_tensor(body: bytes, media: str, dtype: str) -> Array:
+    """Decode a tensor body of media type ``media`` (JSON or npy) to the session's ``dtype``."""
     if media == NPY:
-        return decode_npy(body)
-    return decode_json_tensor(body, default_dtype)
+        return decode_npy(body, dtype)
+    return decode_json_tensor(body, dtype)
 
 
-# --- safetensors ----------------------------------------------------------------------------
+# --- safetensors and named tensors ----------------------------------------------------------
 
 
+@decode_boundary
 def decode_safetensors(body: bytes) -> tuple[dict[str, Array], dict[str, str]]:
-    """Tensors and ``__metadata__`` of a safetensors file."""
-    try:
-        tensors = safetensors.numpy.load(body)
-        meta = _safetensors_metadata(body)
-    except (safetensors.SafetensorError, ValueError, TypeError) as exc:
-        raise MalformedBody(f"invalid safetensors body: {exc}") from None
-    return tensors, meta
+    """Tensors and ``__metadata__`` of a safetensors file, each tensor in its stored dtype
+    (BF16 and float8 widened to float32); apply ``to_session_dtype`` to compute with them."""
+    return safetensors_codec.decode(body)
 
 
-def _safetensors_metadata(body: bytes) -> dict[str, str]:
-    n = int.from_bytes(body[:8], "little")
-    header = orjson.loads(body[8 : 8 + n])
-    meta = header.get("__metadata__") or {}
-    return {str(k): str(v) for k, v in meta.items()}
+encode_safetensors = safetensors_codec.encode
 
 
-def encode_safetensors(tensors: dict[str, Array], metadata: dict[str, str] | None = None) -> bytes:
-    """A safetensors file of ``tensors`` (C order, little-endian) with string metadata."""
-    # np.require, not np.ascontiguousarray: that one turns 0-d num_batches_tracked into 1-d.
-    return safetensors.numpy.save(
-        {k: np.require(v, requirements="C") for k, v in tensors.items()}, metadata=metadata
-    )
+@decode_boundary
+def decode_named(body: bytes, media: str, names: tuple[str, ...], dtype: str) -> dict[str, Array]:
+    """Named tensors (``/backward``, ``/fold``) from JSON members or a safetensors file, each
+    in the session's ``dtype``; absent ones are absent. In JSON, ``shape`` applies to ``data``
+    and ``grad_output``."""
+    check_session_dtype(dtype)
+    if media == SAFETENSORS:
+        tensors, _ = safetensors_codec.decode(body)
+        return {
+            k: to_session_dtype(v, dtype, f"tensor {k!r}") for k, v in tensors.items() if k in names
+        }
+    doc = parse_json(body)
+    if not isinstance(doc, dict):
+        raise MalformedBody(f"JSON body must be an object with members {', '.join(names)}")
+    json_dtype(doc)
+    bools = _bools_in(body)
+    shape = doc.get("shape")
+    return {
+        name: json_array(
+            doc[name], name, shape if name in ("data", "grad_output") else None, dtype, bools
+        )
+        for name in names
+        if name in doc
+    }

@@ -29,6 +29,7 @@ import bncore
 from service.errors import StoreUnavailable
 from service.records import FitRecord, pack, unpack
 from service.stores.base import (
+    IfMatch,
     Committed,
     CorruptRecord,
     Duplicate,
@@ -39,6 +40,7 @@ from service.stores.base import (
     Session,
     Store,
     check_version,
+    version_matches,
     create_scope,
     submit_commit,
 )
@@ -187,7 +189,7 @@ class Commits:
         store: Store,
         snapshot: Session,
         build: Callable[[Session], Built[T]],
-        if_match: int | None,
+        if_match: IfMatch,
         idem: Idempotency | None,
     ) -> tuple[Session, Session, T] | Receipt:
         """Combine on the current state and commit until committed; (before, after, value),
@@ -205,7 +207,7 @@ class Commits:
         flight: _Flight,
         snapshot: Session,
         build: Callable[[Session], Built[T]],
-        if_match: int | None,
+        if_match: IfMatch,
         idem: Idempotency | None,
     ) -> tuple[Session, Session, T] | Receipt:
         sid = snapshot.id
@@ -214,7 +216,7 @@ class Commits:
             with _locked(flight, sid, self._timeout_s):
                 if flight.last is not None and flight.last.version > current.version:
                     current, after = flight.last, flight.pending  # committed or on its way
-                if if_match is not None and current.version != if_match and not fresh:
+                if not version_matches(current.version, if_match) and not fresh:
                     current, after, fresh = store.read(sid), None, True  # judged on stored data
                 check_version(current.version, if_match)
                 state, payload, history, value = build(current)
@@ -266,7 +268,7 @@ class Commits:
         session: Session,
         x: Array,
         *,
-        if_match: int | None = None,
+        if_match: IfMatch = None,
         idem: Idempotency | None = None,
         output: bool = True,
     ) -> FitOutcome:
@@ -312,7 +314,7 @@ class Commits:
         session: Session,
         fn: Callable[[bncore.BNState], bncore.BNState],
         *,
-        if_match: int | None = None,
+        if_match: IfMatch = None,
         idem: Idempotency | None = None,
     ) -> ChangeOutcome:
         """Apply the O(C) ``fn`` (reset, import, an SGD step) to the current state. A receipt

@@ -10,7 +10,6 @@ FastAPI validates on every request; ``routes/openapi.py`` documents them instead
 from __future__ import annotations
 
 import hashlib
-import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -22,7 +21,7 @@ from service.commit import Commits
 from service.errors import MalformedBody, Unauthorized
 from service.settings import Settings
 from service.stores import Store
-from service.stores.base import Idempotency
+from service.stores.base import Idempotency, IfMatch
 from service.stores.owned import OwnedStore
 
 
@@ -37,21 +36,16 @@ async def get_raw_store(request: Request) -> Store:
 
 
 def owner_of(request: Request) -> str | None:
-    """The caller's owner id (a digest of its API key); None when no keys are configured."""
+    """The caller's owner id (a digest of its API key), as ``service.auth.ApiKeyAuth`` found
+    it before the body was read; None when no keys are configured."""
+    state = request.scope.get("state") or {}
+    if "owner" in state:
+        owner: str | None = state["owner"]
+        return owner
     settings: Settings = request.app.state.settings
-    keys = settings.key_list()
-    if not keys:
-        return None
-    given = request.headers.get("x-api-key")
-    authorization = request.headers.get("authorization")
-    if authorization is not None:
-        scheme, _, token = authorization.partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else None
-    if not given:
+    if settings.key_list():  # a route the middleware did not guard: never serve it unkeyed
         raise Unauthorized("an API key is required: Authorization: Bearer KEY or X-API-Key")
-    if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
-        raise Unauthorized("the API key is not valid")
-    return hashlib.sha256(given.encode()).hexdigest()[:32]
+    return None
 
 
 async def get_backend(request: Request) -> Backend:
@@ -89,27 +83,47 @@ class Body:
 
 
 async def get_body(request: Request) -> Body:
+    """The body, read only now (after ``ApiKeyAuth``), inflated within
+    ``BNAAS_MAX_BODY_BYTES`` and ``BNAAS_MAX_INFLATE_RATIO``."""
+    settings: Settings = request.app.state.settings
     raw = await request.body()
-    limit = request.app.state.settings.max_body_bytes
-    data = decompress(raw, request.headers.get("content-encoding"), limit)
+    data = decompress(
+        raw,
+        request.headers.get("content-encoding"),
+        settings.max_body_bytes,
+        settings.max_inflate_ratio,
+    )
     return Body(data, request.headers.get("content-type"), request.headers.get("accept"))
 
 
 BodyDep = Annotated[Body, Depends(get_body)]
 
 
-async def get_if_match(request: Request) -> int | None:
-    """``If-Match: "7"`` -> 7; ``*`` or absent -> None (any version)."""
-    if_match = request.headers.get("if-match")
-    if if_match is None or if_match.strip() == "*":
+_DIGITS = frozenset("0123456789")
+
+
+def parse_if_match(value: str | None) -> IfMatch:
+    """``"7"`` -> 7; a list ``"3", "4"`` -> {3, 4} (RFC 9110: matches any); ``*`` or absent ->
+    None (any version). Versions are ASCII digits below 2^63; anything else is a 400."""
+    if value is None or value.strip() == "*":
         return None
-    tag = if_match.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit():
-        raise MalformedBody(f'If-Match must be one ETag such as "3", got {if_match!r}')
-    return int(tag)
+    versions = set()
+    for part in value.split(","):
+        tag = part.strip().removeprefix("W/")
+        digits = tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else tag
+        if not digits or len(digits) > 18 or not _DIGITS.issuperset(digits):
+            raise MalformedBody(
+                f'If-Match must be ETags such as "3" or "3", "4", got {value[:60]!r}'
+            )
+        versions.add(int(digits))
+    return next(iter(versions)) if len(versions) == 1 else frozenset(versions)
 
 
-IfMatchDep = Annotated[int | None, Depends(get_if_match)]
+async def get_if_match(request: Request) -> IfMatch:
+    return parse_if_match(request.headers.get("if-match"))
+
+
+IfMatchDep = Annotated[IfMatch, Depends(get_if_match)]
 
 
 async def get_idempotency(request: Request) -> Idempotency | None:

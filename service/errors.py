@@ -137,6 +137,11 @@ def _engine_error(request: Request, exc: Exception) -> Response:
 
 def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    invalid = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+    if invalid:  # bytes that are not JSON are a 400 on every route, as on the tensor routes
+        ctx = invalid[0].get("ctx") or {}
+        detail = f"invalid JSON: {ctx.get('error', invalid[0].get('msg'))}"
+        return problem(request, 400, MalformedBody.slug, MalformedBody.title, detail)
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")

@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     )
 
     # --- request decoding and authentication (codecs, auth) ---
+    max_inflate_ratio: int = Field(
+        100,
+        ge=0,
+        description="a gzip/deflate body may inflate to at most this many times its compressed "
+        "size (413 beyond; bodies inflating to under 1 MiB are exempt; 0: no ratio bound), "
+        "besides BNAAS_MAX_BODY_BYTES, which also bounds the inflated size",
+    )
 
     # --- stores, commits and history (service/stores, service/commit.py) ---
     store_timeout_s: float = Field(

@@ -15,17 +15,32 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from service.codecs import json_array
+import bncore
+from service.codecs import dims_ok, json_array, reshape
+from service.dtypes import check_session_dtype, decode_boundary, to_session_dtype
 from service.errors import MalformedBody
 
 INPUT, OUTPUT = "INPUT", "OUTPUT"
 OCTET = "application/octet-stream"
+# Every fixed-size datatype of the protocol (and Triton's BF16), as stored in binary data.
 DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
     "FP16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),  # raw bfloat16 codes, widened to float32 below
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
 }
-_NAMES = {v.name: k for k, v in DATATYPES.items()}
+FLOATS = ("FP16", "BF16", "FP32", "FP64")
+_NAMES = {"float16": "FP16", "float32": "FP32", "float64": "FP64"}
+_DIGITS = frozenset("0123456789")
 _SEQUENCE = ("sequence_id", "sequence_start", "sequence_end")
 MODES = ("transform", "fit")
 
@@ -62,12 +77,14 @@ def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], int
     if header_length is None:
         json_end = len(body)
     else:
-        try:
-            json_end = int(header_length)
-        except ValueError:
+        # Digits only: int() would also take "1_2_7", " 12", "+12" and non-ASCII digits.
+        text = header_length.strip()
+        if not text or len(text) > 19 or not _DIGITS.issuperset(text):
             raise V2Error(
-                f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
-            ) from None
+                f"Inference-Header-Content-Length must be an integer (ASCII digits), "
+                f"got {header_length[:40]!r}"
+            )
+        json_end = int(text)
         if not 0 < json_end <= len(body):
             raise V2Error(
                 f"Inference-Header-Content-Length {json_end} is outside the {len(body)}-byte body"
@@ -83,15 +100,26 @@ def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], int
 
 
 def _shape(value: Any) -> list[int]:
-    if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
-    ):
-        raise V2Error(f"input shape must be a list of non-negative integers, got {value!r}")
+    if not isinstance(value, list) or not dims_ok(value):
+        raise V2Error(
+            f"input shape must be a list of at most 64 non-negative integers, "
+            f"got {str(value)[:100]}"
+        )
     return value
 
 
-def decode_infer(body: bytes, header_length: str | None) -> InferRequest:
-    """Parse and check an infer request; raise ``V2Error`` with a precise message."""
+def _binary(body: bytes, offset: int, count: int, name: str, dtype: str) -> npt.NDArray[Any]:
+    raw = np.frombuffer(body, dtype=DATATYPES[name], count=count, offset=offset)
+    if name == "BF16":
+        raw = (raw.astype(np.uint32) << 16).view(np.float32)
+    return to_session_dtype(raw, dtype, f"input {INPUT!r}")
+
+
+@decode_boundary
+def decode_infer(body: bytes, header_length: str | None, dtype: str) -> InferRequest:
+    """Parse and check an infer request; the input comes out in the session's ``dtype``
+    (FP16, BF16, FP32 and FP64 are converted; other datatypes are refused with a 400)."""
+    check_session_dtype(dtype)
     doc, json_end = _header(body, header_length)
     params = _parameters(doc, "request")
     for key in _SEQUENCE:
@@ -106,11 +134,16 @@ def decode_infer(body: bytes, header_length: str | None) -> InferRequest:
     spec = inputs[0]
     if spec.get("name") != INPUT:
         raise V2Error(f"unknown input {spec.get('name')!r}; the model has one input {INPUT!r}")
-    dt = DATATYPES.get(spec.get("datatype"))  # type: ignore[arg-type]
-    if dt is None:
-        raise V2Error(
-            f"input datatype must be one of {', '.join(DATATYPES)}, got {spec.get('datatype')!r}"
+    name = spec.get("datatype")
+    if not isinstance(name, str) or name not in DATATYPES:
+        raise V2Error(f"input datatype must be one of {', '.join(FLOATS)}, got {str(name)[:40]!r}")
+    if name not in FLOATS:
+        raise bncore.DTypeError(
+            f"input {INPUT!r} has datatype {name}, which is not accepted: send {', '.join(FLOATS)} "
+            f"(the session's dtype, {_NAMES[dtype]}, avoids a conversion); integers and booleans "
+            "are refused rather than guessed"
         )
+    dt = DATATYPES[name]
     shape = _shape(spec.get("shape"))
     count = math.prod(shape)
     size = _parameters(spec, "input").get("binary_data_size")
@@ -118,20 +151,23 @@ def decode_infer(body: bytes, header_length: str | None) -> InferRequest:
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size != count * dt.itemsize:
             raise V2Error(
-                f"binary_data_size {size!r} does not match shape {shape} of {spec['datatype']} "
+                f"binary_data_size {str(size)[:40]} does not match shape {shape} of {name} "
                 f"({count * dt.itemsize} bytes)"
             )
         if offset + size > len(body):
             raise V2Error(f"binary data ends at byte {offset + size}, past the body of {len(body)}")
-        x = np.frombuffer(body, dtype=dt, count=count, offset=offset).reshape(shape)
+        x = reshape(_binary(body, offset, count, name, dtype), shape, "input")
         offset += size
     else:
         if "data" not in spec:
             raise V2Error(f"input {INPUT!r} has neither 'data' nor parameters.binary_data_size")
-        flat = json_array(spec["data"], "input data", dtype=dt.name).reshape(-1)
+        head = body[:json_end]
+        bools = b"true" in head or b"false" in head  # no boolean scan when there are none
+        flat = json_array(spec["data"], "input data", dtype=dtype, maybe_bools=bools)
+        flat = flat.reshape(-1)
         if flat.size != count:
             raise V2Error(f"input data has {flat.size} values; shape {shape} needs {count}")
-        x = flat.reshape(shape)
+        x = reshape(flat, shape, "input")
     if offset != len(body):
         raise V2Error(
             f"{len(body) - offset} byte(s) after the declared tensors: sizes do not add up"

@@ -17,15 +17,12 @@ from service.codecs import (
     SAFETENSORS,
     TENSOR_TYPES,
     content_type,
-    decode_safetensors,
+    decode_named,
     decode_tensor,
     dumps,
     encode_npy,
     encode_safetensors,
-    json_array,
-    json_dtype,
     negotiate,
-    parse_json,
     tensor_json,
 )
 from service.commit import FitOutcome
@@ -74,7 +71,8 @@ def transform(session_id: str, body: BodyDep, store: StoreDep, backend: BackendD
     session = store.read(session_id)
     x = decode_tensor(body.data, media, session.state.config.dtype)
     y = bncore.transform(session.state, backend.asarray(x))
-    return to_response(_tensor_replay(answer, y, {"ETag": etag(session.version)}, {}))
+    headers = {"ETag": etag(session.version), "Vary": "Accept"}
+    return to_response(_tensor_replay(answer, y, headers, {}))
 
 
 @router.post(
@@ -113,9 +111,8 @@ def fit(
     media = content_type(body.content_type, TENSOR_TYPES)
     answer = negotiate(body.accept, media, TENSOR_TYPES) if output else JSON
     session = store.read(session_id)
-    # JSON numbers take the session's dtype (fixed at creation); .npy carries its own.
-    dtype = session.state.config.dtype if media == JSON else "float32"
-    x = backend.asarray(decode_tensor(body.data, media, dtype))
+    # Every body is converted to the session's dtype (fixed at creation; service/dtypes.py).
+    x = backend.asarray(decode_tensor(body.data, media, session.state.config.dtype))
     out = commits.fit(store, session, x, if_match=if_match, idem=idem, output=output)
     max_header = settings.stats_header_max_features
     return to_response(_fit_answer(out, answer, max_header), replayed=out.replayed)
@@ -124,7 +121,11 @@ def fit(
 def _fit_answer(out: FitOutcome, answer: str, max_header_features: int) -> Replay:
     """The fit's answer, from its O(C) record and output alone (a replay renders the same)."""
     rec = out.record
-    headers = {"ETag": etag(rec.version), "BN-Num-Batches-Tracked": str(rec.num_batches_tracked)}
+    headers = {
+        "ETag": etag(rec.version),
+        "BN-Num-Batches-Tracked": str(rec.num_batches_tracked),
+        "Vary": "Accept",
+    }
     extra = {
         "batch": {"mean": rec.batch.mean, "var": rec.var, "count": rec.count},
         "num_batches_tracked": rec.num_batches_tracked,
@@ -137,25 +138,6 @@ def _fit_answer(out: FitOutcome, answer: str, max_header_features: int) -> Repla
         headers["BN-Batch-Mean"] = _b64(rec.batch.mean)
         headers["BN-Batch-Var"] = _b64(rec.var)
     return _tensor_replay(answer, out.output, headers, extra)
-
-
-def _multi(body: bytes, media: str, names: tuple[str, ...], dtype: str) -> dict[str, Array]:
-    """Named tensors from JSON members or a safetensors file; missing optional ones are absent."""
-    if media == SAFETENSORS:
-        tensors, _ = decode_safetensors(body)
-        return {k: v for k, v in tensors.items() if k in names}
-    doc = parse_json(body)
-    if not isinstance(doc, dict):
-        raise MalformedBody(f"JSON body must be an object with members {', '.join(names)}")
-    dt = json_dtype(doc, dtype)
-    shape = doc.get("shape")
-    out = {}
-    for name in names:
-        if name in doc:
-            out[name] = json_array(
-                doc[name], name, shape if name in ("data", "grad_output") else None, dt
-            )
-    return out
 
 
 def _require(tensors: dict[str, Array], name: str) -> Array:
@@ -195,7 +177,7 @@ def backward(
     media = content_type(body.content_type, MULTI_TYPES)
     answer = negotiate(body.accept, media, MULTI_TYPES)
     session = store.read(session_id)
-    tensors = _multi(body.data, media, ("data", "grad_output"), session.state.config.dtype)
+    tensors = decode_named(body.data, media, ("data", "grad_output"), session.state.config.dtype)
     x = backend.asarray(_require(tensors, "data"))
     g = backend.asarray(_require(tensors, "grad_output"))
     train = mode == "train"
@@ -218,7 +200,7 @@ def backward(
 
 
 def _gradients(answer: str, grads: bncore.Gradients, version: int) -> Replay:
-    headers = {"ETag": etag(version)}
+    headers = {"ETag": etag(version), "Vary": "Accept"}
     named = {
         "grad_input": grads.grad_input,
         "grad_weight": grads.grad_weight,
@@ -246,11 +228,11 @@ def fold(session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep) -
     media = content_type(body.content_type, MULTI_TYPES)
     answer = negotiate(body.accept, media, MULTI_TYPES)
     session = store.read(session_id)
-    tensors = _multi(body.data, media, ("weight", "bias"), session.state.config.dtype)
+    tensors = decode_named(body.data, media, ("weight", "bias"), session.state.config.dtype)
     w = backend.asarray(_require(tensors, "weight"))
     b = tensors.get("bias")
     fw, fb = bncore.fold(session.state, w, backend.asarray(b) if b is not None else None)
-    headers = {"ETag": etag(session.version)}
+    headers = {"ETag": etag(session.version), "Vary": "Accept"}
     if answer == SAFETENSORS:
         return to_response(
             Replay(

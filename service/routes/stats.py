@@ -115,7 +115,7 @@ def get_stats(
         if negotiate(request.headers.get("accept"), JSON, _EXPORT_TYPES) == SAFETENSORS
         else "json"
     )
-    headers = {"ETag": etag(session.version)}
+    headers = {"ETag": etag(session.version), "Vary": "Accept"}
     if fmt == "safetensors":
         return Response(export_safetensors(session.state), headers=headers, media_type=SAFETENSORS)
     if fmt in ("keras", "onnx"):

@@ -120,8 +120,12 @@ def infer(
     version: str | None = None,
 ) -> Response:
     _check_version(session_id, version)
-    req = decode_infer(body.data, request.headers.get("inference-header-content-length"))
     session = store.read(session_id)
+    req = decode_infer(
+        body.data,
+        request.headers.get("inference-header-content-length"),
+        session.state.config.dtype,
+    )
     if req.mode == "transform":
         y = bncore.transform(session.state, backend.asarray(req.x))
         return _answer(session_id, req, y, {"mode": "transform"})

@@ -226,11 +226,27 @@ class CorruptRecord(StoreUnavailable):
 
     slug, title = "store-corrupt", "Session record cannot be read"
 
+# If-Match: one version, a set of versions (an ETag list matches any of them), or None (any).
+IfMatch = int | frozenset[int] | None
 
-def check_version(version: int, if_match: int | None) -> None:
-    """``PreconditionFailed`` unless ``if_match`` is absent or the current ``version``."""
-    if if_match is not None and if_match != version:
-        raise PreconditionFailed(f"session is at version {version}, not {if_match}")
+
+def version_matches(version: int, if_match: IfMatch) -> bool:
+    """True when ``if_match`` is absent or names ``version`` (a list matches any of its tags)."""
+    if if_match is None:
+        return True
+    if isinstance(if_match, frozenset):
+        return version in if_match
+    return version == if_match
+
+
+def check_version(version: int, if_match: IfMatch) -> None:
+    """``PreconditionFailed`` unless ``if_match`` is absent or names the current ``version``."""
+    if version_matches(version, if_match):
+        return
+    if isinstance(if_match, frozenset):
+        wanted = ", ".join(str(v) for v in sorted(if_match))
+        raise PreconditionFailed(f"session is at version {version}, not one of {wanted}")
+    raise PreconditionFailed(f"session is at version {version}, not {if_match}")
 
 
 class Store(Protocol):
@@ -267,7 +283,7 @@ class Store(Protocol):
         ...
 
     def delete(
-        self, session_id: str, owner: str | None = None, if_match: int | None = None
+        self, session_id: str, owner: str | None = None, if_match: IfMatch = None
     ) -> None:
         """Remove a session, its history and every receipt naming it; ``SessionNotFound``,
         ``PreconditionFailed`` when ``if_match`` is not the current version."""

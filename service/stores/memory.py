@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from bncore import BNState
 from service.errors import SessionNotFound
 from service.stores.base import (
+    IfMatch,
     CommitResult,
     Committed,
     Conflict,
@@ -131,7 +132,7 @@ class MemoryStore:
             return self._live(scope, key, time.time())
 
     def delete(
-        self, session_id: str, owner: str | None = None, if_match: int | None = None
+        self, session_id: str, owner: str | None = None, if_match: IfMatch = None
     ) -> None:
         with self._lock:
             check_version(self.read(session_id, owner).version, if_match)

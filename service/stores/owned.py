@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from bncore import BNState
 from service.stores.base import (
+    IfMatch,
     CREATE_SCOPE,
     CommitResult,
     HistoryEntry,
@@ -78,7 +79,7 @@ class OwnedStore:
         return self.inner.receipt(scope, key)
 
     def delete(
-        self, session_id: str, owner: str | None = None, if_match: int | None = None
+        self, session_id: str, owner: str | None = None, if_match: IfMatch = None
     ) -> None:
         self.inner.delete(session_id, self.owner, if_match)
 

@@ -34,6 +34,7 @@ from redis.retry import Retry
 import bncore
 from service.errors import SessionNotFound, StoreUnavailable
 from service.stores.base import (
+    IfMatch,
     CREATE_SCOPE,
     CommitResult,
     Committed,
@@ -345,12 +346,12 @@ class RedisStore:
         return self._receipt(scope, key, fields) if fields[0] is not None and exists else None
 
     def delete(
-        self, session_id: str, owner: str | None = None, if_match: int | None = None
+        self, session_id: str, owner: str | None = None, if_match: IfMatch = None
     ) -> None:
         reply = self._fcall(
             "bnaas_delete_v1",
             session_keys(session_id),
-            [*_owner_args(owner), "" if if_match is None else str(if_match)],
+            [*_owner_args(owner), _if_match_arg(if_match)],
         )
         self._forget(session_id)
         if reply[0] == b"missing":
@@ -422,3 +423,12 @@ class RedisStore:
     def close(self) -> None:
         self._redis.close()
         self._redis.connection_pool.disconnect()
+
+
+def _if_match_arg(if_match: IfMatch) -> str:
+    """If-Match for the delete function: '' (any) or the versions, comma-separated."""
+    if if_match is None:
+        return ""
+    if isinstance(if_match, frozenset):
+        return ",".join(str(v) for v in sorted(if_match))
+    return str(if_match)

@@ -145,8 +145,12 @@ local function delete(keys, args)
   if not m[1] or (args[1] == '1' and m[2] ~= args[2]) then
     return {'missing'}
   end
-  if args[3] ~= '' and tonumber(args[3]) ~= tonumber(m[1]) then
-    return {'mismatch', tonumber(m[1])}
+  if args[3] ~= '' then  -- If-Match: a comma-separated list of versions, any may match
+    local matched = false
+    for v in string.gmatch(args[3], '%d+') do
+      if tonumber(v) == tonumber(m[1]) then matched = true end
+    end
+    if not matched then return {'mismatch', tonumber(m[1])} end
   end
   -- Receipts of the session expire by themselves; until then commit() ignores them, since
   -- the session is gone.

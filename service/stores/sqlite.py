@@ -28,6 +28,7 @@ import numpy as np
 import bncore
 from service.errors import SessionNotFound, StoreUnavailable
 from service.stores.base import (
+    IfMatch,
     CommitResult,
     Committed,
     Conflict,
@@ -371,7 +372,7 @@ class SQLiteStore:
             return self._held(db, scope, key)  # (a receipt is decoded by its reader)
 
     def delete(
-        self, session_id: str, owner: str | None = None, if_match: int | None = None
+        self, session_id: str, owner: str | None = None, if_match: IfMatch = None
     ) -> None:
         def write(db: sqlite3.Connection) -> None:
             head = db.execute(

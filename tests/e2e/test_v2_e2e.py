@@ -121,11 +121,11 @@ def test_sync_client_errors_are_clean_exceptions(v2_server: Server) -> None:
         assert info.value.status() == status, info.value
         assert message in info.value.message()
     assert stats(v2_server, sid)["num_batches_tracked"] == 0
-    # A float64 batch into a float32 session is computed in float64: not an error.
+    # A float64 batch into a float32 session is converted (the one dtype rule): not an error.
     wide = httpclient.InferInput("INPUT", [16, 4], "FP64")
     wide.set_data_from_numpy(X.astype(np.float64))
     r = client.infer(sid, [wide], parameters={"mode": "fit"})
-    assert r.as_numpy("OUTPUT").dtype == np.float64
+    assert r.as_numpy("OUTPUT").dtype == np.float32
     assert stats(v2_server, sid)["num_batches_tracked"] == 1
     client.close()
 

@@ -14,22 +14,23 @@ from service.errors import BodyTooLarge, MalformedBody, NotAcceptable, Unsupport
 from tests.service.conftest import npy
 
 
-@pytest.mark.parametrize("dtype", ["<f2", "<f4", "<f8", ">f4"])
-def test_npy_decodes_as_numpy_saved_it(dtype: str) -> None:
+@pytest.mark.parametrize("dtype", ["<f2", "<f4", "<f8", ">f4", ">f8"])
+@pytest.mark.parametrize("target", ["float32", "float64"])
+def test_npy_decodes_as_numpy_saved_it_in_the_session_dtype(dtype: str, target: str) -> None:
     a = np.arange(24, dtype=dtype).reshape(2, 3, 4)
-    b = codecs.decode_npy(npy(a))
+    b = codecs.decode_npy(npy(a), target)
     np.testing.assert_array_equal(b, a)
-    assert b.dtype.isnative
+    assert b.dtype == np.dtype(target)
 
 
 def test_npy_fortran_order_is_accepted() -> None:
     a = np.asfortranarray(np.arange(12, dtype="f4").reshape(3, 4))
-    np.testing.assert_array_equal(codecs.decode_npy(npy(a)), a)
+    np.testing.assert_array_equal(codecs.decode_npy(npy(a), "float32"), a)
 
 
 def test_npy_decode_is_zero_copy() -> None:
     body = npy(np.ones((4, 3), "f4"))
-    assert codecs.decode_npy(body).base is not None
+    assert codecs.decode_npy(body, "float32").base is not None
 
 
 def test_encode_npy_round_trips_through_numpy() -> None:
@@ -47,25 +48,25 @@ def test_npy_header_numpy_did_not_write_uses_the_safe_parser() -> None:
     text = b"{'shape': (2, 3), 'fortran_order': False, 'descr': '<f8'}"
     header = text + b" " * (-(10 + len(text) + 1) % 64) + b"\n"
     body = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(48)
-    assert codecs.decode_npy(body).shape == (2, 3)
+    assert codecs.decode_npy(body, "float64").shape == (2, 3)
 
 
 def test_npy_with_pickled_objects_is_refused() -> None:
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(MalformedBody, match="pickle"):
-        codecs.decode_npy(buf.getvalue())
+        codecs.decode_npy(buf.getvalue(), "float32")
 
 
 def test_npy_int_is_a_dtype_error() -> None:
     with pytest.raises(bncore.DTypeError):
-        codecs.decode_npy(npy(np.zeros(3, "i4")))
+        codecs.decode_npy(npy(np.zeros(3, "i4")), "float32")
 
 
 def test_npy_huge_header_is_refused() -> None:
     body = b"\x93NUMPY\x02\x00" + (200_000).to_bytes(4, "little") + b" " * 200_000
     with pytest.raises(MalformedBody):
-        codecs.decode_npy(body)
+        codecs.decode_npy(body, "float32")
 
 
 @pytest.mark.parametrize(
@@ -110,5 +111,39 @@ def test_decompress_refuses_unknown_encodings_and_garbage() -> None:
 
 
 def test_json_null_is_nan() -> None:
-    a = codecs.json_array([[1, None]], "data")
+    a = codecs.json_array([[1, None]], "data", dtype="float32")
     assert np.isnan(a[0, 1])
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("application/json;q=0, */*", "application/x-npy"),
+        ("application/*;q=0.5, application/x-npy;q=0.2", "application/json"),
+        ("*/*;q=0, application/x-npy", "application/x-npy"),
+        ("application/json;q=nan, application/x-npy;q=0.1", "application/x-npy"),
+    ],
+)
+def test_negotiate_takes_each_types_most_specific_range(accept: str, expected: str) -> None:
+    assert codecs.negotiate(accept, "application/json", codecs.TENSOR_TYPES) == expected
+
+
+def test_decompress_refuses_trailing_junk_and_joins_gzip_members() -> None:
+    with pytest.raises(MalformedBody, match="trailing"):
+        codecs.decompress(gzip.compress(b"abc") + b"\0", "gzip", 100)
+    assert codecs.decompress(gzip.compress(b"ab") + gzip.compress(b"c"), "gzip", 100) == b"abc"
+
+
+def test_decompress_ratio_bound_spares_small_bodies() -> None:
+    small = gzip.compress(b"\0" * 500_000)  # over 100 times, but under the 1 MiB floor
+    assert len(codecs.decompress(small, "gzip", 1 << 30, 100)) == 500_000
+    with pytest.raises(BodyTooLarge, match="100 times"):
+        codecs.decompress(gzip.compress(b"\0" * (4 << 20)), "gzip", 1 << 30, 100)
+
+
+def test_json_array_refuses_booleans_and_out_of_range_values() -> None:
+    with pytest.raises(bncore.DTypeError, match="boolean"):
+        codecs.json_array([[1.5, True]], "data", dtype="float32")
+    with pytest.raises(bncore.DTypeError, match="range"):
+        codecs.json_array([[1e39, 1.0]], "data", dtype="float32")
+    assert codecs.json_array([[1e39, 1.0]], "data", dtype="float64")[0, 0] == 1e39

@@ -59,9 +59,9 @@ def test_invalid_create_is_422_problem_and_creates_nothing(client: TestClient, s
     assert client.get("/v1/sessions").json()["sessions"] == []
 
 
-def test_create_with_non_json_body_is_a_problem(client: TestClient) -> None:
+def test_create_with_non_json_body_is_a_400_problem_as_everywhere(client: TestClient) -> None:
     r = client.post("/v1/sessions", content=b"{oops", headers={"content-type": "application/json"})
-    assert r.status_code == 422
+    assert r.status_code == 400
     assert r.headers["content-type"] == "application/problem+json"
 
 

@@ -101,11 +101,11 @@ def test_infer_fit_honours_idempotency_key(client: TestClient) -> None:
     assert state_of(client, sid)["num_batches_tracked"] == 1
 
 
-def test_fp64_and_fp16(client: TestClient) -> None:
+def test_fp64_and_fp16_are_answered_in_the_session_dtype(client: TestClient) -> None:
     for dtype in ("float64", "float16"):
         sid = create(client)
         body, headers = request(X.astype(dtype))
-        assert infer(client, sid, body, headers).as_numpy("OUTPUT").dtype == np.dtype(dtype)
+        assert infer(client, sid, body, headers).as_numpy("OUTPUT").dtype == np.float32
 
 
 def test_gzip_request_body(client: TestClient) -> None:
