@@ -10,8 +10,8 @@ from fastapi import FastAPI
 
 import bncore
 from service import __version__, errors
-from service.commit import Commits
 from service.auth import ApiKeyAuth
+from service.commit import Commits
 from service.limits import BodyLimit
 from service.malloc import keep_freed_memory
 from service.metrics import Metrics, MetricsMiddleware

@@ -29,20 +29,20 @@ import bncore
 from service.errors import StoreUnavailable
 from service.records import FitRecord, pack, unpack
 from service.stores.base import (
-    IfMatch,
     Committed,
     CorruptRecord,
     Duplicate,
     HistoryEntry,
     Idempotency,
+    IfMatch,
     PendingCommit,
     Receipt,
     Session,
     Store,
     check_version,
-    version_matches,
     create_scope,
     submit_commit,
+    version_matches,
 )
 
 Array = Any

@@ -226,6 +226,7 @@ class CorruptRecord(StoreUnavailable):
 
     slug, title = "store-corrupt", "Session record cannot be read"
 
+
 # If-Match: one version, a set of versions (an ETag list matches any of them), or None (any).
 IfMatch = int | frozenset[int] | None
 
@@ -282,9 +283,7 @@ class Store(Protocol):
         """The unexpired receipt of ``key`` in ``scope``, or None."""
         ...
 
-    def delete(
-        self, session_id: str, owner: str | None = None, if_match: IfMatch = None
-    ) -> None:
+    def delete(self, session_id: str, owner: str | None = None, if_match: IfMatch = None) -> None:
         """Remove a session, its history and every receipt naming it; ``SessionNotFound``,
         ``PreconditionFailed`` when ``if_match`` is not the current version."""
         ...

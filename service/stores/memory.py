@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from bncore import BNState
 from service.errors import SessionNotFound
 from service.stores.base import (
-    IfMatch,
     CommitResult,
     Committed,
     Conflict,
@@ -18,6 +17,7 @@ from service.stores.base import (
     HistoryEntry,
     HistoryItem,
     HistoryPolicy,
+    IfMatch,
     Receipt,
     Session,
     StoreOptions,
@@ -131,9 +131,7 @@ class MemoryStore:
         with self._lock:
             return self._live(scope, key, time.time())
 
-    def delete(
-        self, session_id: str, owner: str | None = None, if_match: IfMatch = None
-    ) -> None:
+    def delete(self, session_id: str, owner: str | None = None, if_match: IfMatch = None) -> None:
         with self._lock:
             check_version(self.read(session_id, owner).version, if_match)
             del self._sessions[session_id]

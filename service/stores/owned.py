@@ -10,11 +10,11 @@ from dataclasses import replace
 
 from bncore import BNState
 from service.stores.base import (
-    IfMatch,
     CREATE_SCOPE,
     CommitResult,
     HistoryEntry,
     HistoryItem,
+    IfMatch,
     PendingCommit,
     Receipt,
     Session,
@@ -78,9 +78,7 @@ class OwnedStore:
             scope = create_scope(self.owner)
         return self.inner.receipt(scope, key)
 
-    def delete(
-        self, session_id: str, owner: str | None = None, if_match: IfMatch = None
-    ) -> None:
+    def delete(self, session_id: str, owner: str | None = None, if_match: IfMatch = None) -> None:
         self.inner.delete(session_id, self.owner, if_match)
 
     def history(self, session_id: str, limit: int, before: int | None = None) -> list[HistoryItem]:

@@ -34,7 +34,6 @@ from redis.retry import Retry
 import bncore
 from service.errors import SessionNotFound, StoreUnavailable
 from service.stores.base import (
-    IfMatch,
     CREATE_SCOPE,
     CommitResult,
     Committed,
@@ -43,6 +42,7 @@ from service.stores.base import (
     Duplicate,
     HistoryEntry,
     HistoryItem,
+    IfMatch,
     Receipt,
     Session,
     StoreOptions,
@@ -345,9 +345,7 @@ class RedisStore:
         fields, exists = self._call(fetch)
         return self._receipt(scope, key, fields) if fields[0] is not None and exists else None
 
-    def delete(
-        self, session_id: str, owner: str | None = None, if_match: IfMatch = None
-    ) -> None:
+    def delete(self, session_id: str, owner: str | None = None, if_match: IfMatch = None) -> None:
         reply = self._fcall(
             "bnaas_delete_v1",
             session_keys(session_id),

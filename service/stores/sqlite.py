@@ -28,7 +28,6 @@ import numpy as np
 import bncore
 from service.errors import SessionNotFound, StoreUnavailable
 from service.stores.base import (
-    IfMatch,
     CommitResult,
     Committed,
     Conflict,
@@ -36,6 +35,7 @@ from service.stores.base import (
     Duplicate,
     HistoryEntry,
     HistoryItem,
+    IfMatch,
     PendingCommit,
     Receipt,
     Session,
@@ -371,9 +371,7 @@ class SQLiteStore:
         with self._reading() as db:
             return self._held(db, scope, key)  # (a receipt is decoded by its reader)
 
-    def delete(
-        self, session_id: str, owner: str | None = None, if_match: IfMatch = None
-    ) -> None:
+    def delete(self, session_id: str, owner: str | None = None, if_match: IfMatch = None) -> None:
         def write(db: sqlite3.Connection) -> None:
             head = db.execute(
                 "SELECT owner, version FROM sessions WHERE id = ?", (session_id,)
