@@ -24,6 +24,7 @@ from bncore.errors import (
     NonFiniteError,
     ShapeError,
     StateError,
+    ValueRangeError,
 )
 from bncore.moments import Moments, NanPolicy, batch_moments, channels_view
 from bncore.presets import CONVENTIONS, Convention, export_state, import_values
@@ -48,6 +49,7 @@ __all__ = [
     "NonFiniteError",
     "ShapeError",
     "StateError",
+    "ValueRangeError",
     "affine_params",
     "apply_batch",
     "backward",
