@@ -186,8 +186,27 @@ def _update_running(state: BNState, batch: Moments) -> BNState:
 def _next_state(
     state: BNState, rm: Array | None, rv: Array | None, tracked: int, population: Moments
 ) -> BNState:
-    # The constructor, not dataclasses.replace: a fit's fixed cost matters at small sizes.
-    return BNState(state.config, state.weight, state.bias, rm, rv, tracked, population)
+    # Filled in directly, not through the frozen dataclass's __init__ (one object.__setattr__
+    # per field): a small fit's whole budget is some 10 us, and this is 1 of them.
+    new: BNState = object.__new__(BNState)
+    new.__dict__.update(
+        config=state.config,
+        weight=state.weight,
+        bias=state.bias,
+        running_mean=rm,
+        running_var=rv,
+        num_batches_tracked=tracked,
+        population=population,
+        derived={},
+    )
+    return new
+
+
+def _moments(count: Array, mean: Array, m2: Array) -> Moments:
+    # As _next_state: Moments's frozen __init__ costs more than the small fit can spare.
+    new: Moments = object.__new__(Moments)
+    new.__dict__.update(count=count, mean=mean, m2=m2)
+    return new
 
 
 def batch_stats(state: BNState, x: Array) -> Moments:
@@ -234,8 +253,8 @@ def _fit_small(state: BNState, x3: Array, output: bool) -> tuple[BNState, FitRes
     y, (count, mean, m2), (rm, rv, pc, pm, pm2), finite = found
     if not finite and cfg.nan_policy == "reject":
         raise NonFiniteError(_nonfinite(mean, m2))
-    new = _next_state(state, rm, rv, tracked, Moments(pc, pm, pm2))
-    return new, FitResult(y, Moments(count, mean, m2))
+    new = _next_state(state, rm, rv, tracked, _moments(pc, pm, pm2))
+    return new, FitResult(y, _moments(count, mean, m2))
 
 
 def _nonfinite(mean: Array, m2: Array) -> list[int]:
