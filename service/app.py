@@ -13,7 +13,7 @@ from service import __version__, errors
 from service.limits import BodyLimit
 from service.malloc import keep_freed_memory
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import compute, probes, sessions, stats, v2
+from service.routes import compute, merge, probes, sessions, stats, v2
 from service.settings import Settings
 from service.stores import open_store
 
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for module in (probes, sessions, compute, stats, v2):
+    for module in (probes, sessions, compute, stats, merge, v2):
         app.include_router(module.router)
     _complete_openapi(app)
     return app
