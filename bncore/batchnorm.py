@@ -236,7 +236,9 @@ def normalize(state: BNState, x: Array, batch: Moments) -> Array:
     return y.reshape(x.shape)
 
 
-def _fit_small(state: BNState, x3: Array, output: bool) -> tuple[BNState, FitResult] | None:
+def _fit_small(
+    state: BNState, x: Array, x3: Array, output: bool
+) -> tuple[BNState, FitResult] | None:
     """``fit`` in one C call for small host batches (None where it does not apply): the same
     formulas as batch_stats + normalize + apply_batch, without their per-call Python cost."""
     cfg = state.config
@@ -254,7 +256,11 @@ def _fit_small(state: BNState, x3: Array, output: bool) -> tuple[BNState, FitRes
     if not finite and cfg.nan_policy == "reject":
         raise NonFiniteError(_nonfinite(mean, m2))
     new = _next_state(state, rm, rv, tracked, _moments(pc, pm, pm2))
-    return new, FitResult(y, _moments(count, mean, m2))
+    result: FitResult = object.__new__(FitResult)  # as _next_state: no frozen __init__
+    result.__dict__.update(
+        output=None if y is None else y.reshape(x.shape), batch=_moments(count, mean, m2)
+    )
+    return new, result
 
 
 def _nonfinite(mean: Array, m2: Array) -> list[int]:
@@ -272,12 +278,9 @@ def fit(state: BNState, x: Array, *, output: bool = True) -> tuple[BNState, FitR
     """
     x3 = check_input(x, state)
     if x3.shape[0] * x3.shape[2] >= 2:  # smaller: batch_moments names the error
-        found = _fit_small(state, x3, output)
+        found = _fit_small(state, x, x3, output)
         if found is not None:
-            new, result = found
-            if result.output is not None:
-                result = FitResult(result.output.reshape(x.shape), result.batch)
-            return new, result
+            return found
     batch = batch_stats(state, x)
     y = normalize(state, x, batch) if output else None
     return apply_batch(state, batch), FitResult(y, batch)

@@ -171,8 +171,8 @@ def fit_small(
         return None
     a, c, b = x3.shape
     y = np.empty_like(x3) if output else None
-    e = np.empty
-    cnt, mean, m2, pc, pm, pm2 = e(c), e(c), e(c), e(c), e(c), e(c)
+    # one allocation for the six (C,) vectors: rows of a (6, C) block
+    cnt, mean, m2, pc, pm, pm2 = np.empty((6, c))
     rm = None if running_mean is None else np.empty_like(running_mean)
     rv = None if running_var is None else np.empty_like(running_var)
     w_new, w_old, biased = weights
