@@ -16,7 +16,7 @@ from bncore import kernels
 from bncore.backend import Array, namespace
 from bncore.errors import DTypeError, NonFiniteError, ShapeError, StateError, ValueRangeError
 from bncore.moments import Moments, batch_moments, channels_view, quiet
-from bncore.state import BNState
+from bncore.state import MAX_COUNT, BNState
 
 __all__ = [
     "FitResult",
@@ -163,7 +163,7 @@ def _update_running(state: BNState, batch: Moments) -> BNState:
     batch merged into the population moments. One C call on the CPU, else ``xp``."""
     rm, rv = state.running_mean, state.running_var
     tracking = rm is not None and rv is not None  # None exactly when track_running_stats is off
-    tracked = state.num_batches_tracked + int(tracking)
+    tracked = _tracked(state, int(tracking))
     weights = state.config.ema_weights(tracked) if tracking else (0.0, 1.0, False)
     found = kernels.update(batch, weights, rm, rv, state.population)
     if found is not None:
@@ -181,6 +181,14 @@ def _update_running(state: BNState, batch: Moments) -> BNState:
             new_rv = w_new * v + xp.multiply(rv, w_old, dtype=xp.float64)
             rm, rv = new_rm.astype(rm.dtype), new_rv.astype(rv.dtype)
     return _next_state(state, rm, rv, tracked, population)
+
+
+def _tracked(state: BNState, step: int) -> int:
+    """num_batches_tracked after this fit; it stays an int64 (every format writes one)."""
+    tracked = state.num_batches_tracked + step
+    if tracked >= MAX_COUNT:
+        raise ValueRangeError("num_batches_tracked would exceed 2**63 - 1: reset the session")
+    return tracked
 
 
 def _next_state(
@@ -245,7 +253,7 @@ def _fit_small(
     if cfg.nan_policy == "omit":
         return None
     rm, rv = state.running_mean, state.running_var
-    tracked = state.num_batches_tracked + int(rm is not None)
+    tracked = _tracked(state, int(rm is not None))
     weights = cfg.ema_weights(tracked) if rm is not None else (0.0, 1.0, False)
     found = kernels.fit_small(
         x3, cfg.eps, weights, state.weight, state.bias, rm, rv, state.population, output

@@ -232,3 +232,29 @@ def test_engine_semantics_of_issue_7(client: TestClient) -> None:
     assert r.status_code == 422 and r.json()["type"].endswith("batch-too-small")
     r = client.put(f"/v1/sessions/{sid}/stats", json={"running_var": [1, -1, 1]})
     assert r.json()["type"].endswith("value-out-of-range")
+
+
+def test_onnx_model_without_the_onnx_package_is_a_clear_501(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bncore
+
+    def missing(*_: Any, **__: Any) -> bytes:
+        raise bncore.OnnxUnavailable("ONNX model export needs the onnx package")
+
+    monkeypatch.setattr(bncore, "onnx_model", missing)
+    sid = create(client)
+    r = client.get(f"/v1/sessions/{sid}/stats?format=onnx-model")
+    assert r.status_code == 501
+    assert "onnx package" in r.json()["detail"] and "safetensors" in r.json()["detail"]
+
+
+def test_the_largest_count_is_stored_and_read_back(client: TestClient) -> None:
+    sid = fitted(client)
+    r = client.put(f"/v1/sessions/{sid}/stats", json={"num_batches_tracked": 2**63 - 1})
+    assert r.status_code == 200, r.text
+    assert client.get(f"/v1/sessions/{sid}").status_code == 200
+    assert client.get(f"/v1/sessions/{sid}/stats").json()["num_batches_tracked"] == 2**63 - 1
+    r = client.post(f"/v1/sessions/{sid}/fit", json={"data": X.tolist()})
+    assert r.status_code == 422  # one more would not fit in int64: refused, nothing stored
+    assert client.get(f"/v1/sessions/{sid}/stats?format=safetensors").status_code == 200
