@@ -347,6 +347,135 @@ fail_in:
     return NULL;
 }
 
+/* The same two loops split by rows over nthreads OpenMP threads, for big arrays. OpenMP's
+ * workers wait spinning for a moment after each region, so a fork costs microseconds where a
+ * Python thread pool's hand-off costs tens (and a woken thread may wait for a busy core). The
+ * row ranges' moments are merged in order with Chan's update. */
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static Py_ssize_t row_bound(Py_ssize_t a, int t, int nt) { return (Py_ssize_t)((a * (long long)t) / nt); }
+
+static PyObject *moments_mt(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *mo, *so;
+    Py_ssize_t a, c, b;
+    int nt;
+    if (!PyArg_ParseTuple(args, "OnnniOO", &xo, &a, &c, &b, &nt, &mo, &so)) return NULL;
+    if (nt < 1) nt = 1;
+    if (nt > a) nt = a > 0 ? (int)a : 1;
+    Input in;
+    Py_buffer mv, sv;
+    if (get_input(xo, &in, 0) < 0) return NULL;
+    if (check_shape(&in, a, c, b, 0, a) < 0) goto fail_in;
+    if (get_doubles(mo, &mv, c, 1) < 0) goto fail_in;
+    if (get_doubles(so, &sv, c, 1) < 0) goto fail_mv;
+    double *mean = (double *)mv.buf, *m2 = (double *)sv.buf;
+    /* per thread: its rows' mean and M2, and one block's scratch */
+    double *work = PyMem_RawCalloc((size_t)nt * 4 * c, sizeof(double));
+    if (work == NULL) {
+        PyErr_NoMemory();
+        goto fail_sv;
+    }
+    Py_BEGIN_ALLOW_THREADS
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+#endif
+    for (int t = 0; t < nt; t++) {
+        double *w = work + (size_t)t * 4 * c;
+        const Py_ssize_t r0 = row_bound(a, t, nt), r1 = row_bound(a, t + 1, nt);
+        if (in.is_double) moments_f64(in.view.buf, c, b, r0, r1, w, w + c, w + 2 * c, w + 3 * c);
+        else moments_f32(in.view.buf, c, b, r0, r1, w, w + c, w + 2 * c, w + 3 * c);
+    }
+    memset(mean, 0, c * sizeof(double));
+    memset(m2, 0, c * sizeof(double));
+    double seen = 0.0;
+    for (int t = 0; t < nt; t++) {
+        const double *w = work + (size_t)t * 4 * c;
+        const double nb = (double)((row_bound(a, t + 1, nt) - row_bound(a, t, nt)) * b);
+        if (nb <= 0) continue;
+        for (Py_ssize_t j = 0; j < c; j++) chan_merge(mean + j, m2 + j, seen, w[j], w[c + j], nb);
+        seen += nb;
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(work);
+    int finite = 1;
+    for (Py_ssize_t j = 0; j < c; j++) finite &= isfinite(m2[j]) != 0;
+    PyBuffer_Release(&sv);
+    PyBuffer_Release(&mv);
+    PyBuffer_Release(&in.view);
+    return PyBool_FromLong(finite);
+fail_sv:
+    PyBuffer_Release(&sv);
+fail_mv:
+    PyBuffer_Release(&mv);
+fail_in:
+    PyBuffer_Release(&in.view);
+    return NULL;
+}
+
+static PyObject *affine_mt(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *mo, *so, *to, *yo;
+    Py_ssize_t a, c, b;
+    int nt;
+    if (!PyArg_ParseTuple(args, "OnnniOOOO", &xo, &a, &c, &b, &nt, &mo, &so, &to, &yo))
+        return NULL;
+    if (nt < 1) nt = 1;
+    if (nt > a) nt = a > 0 ? (int)a : 1;
+    Input in, out;
+    Py_buffer mv, sv, tv;
+    int finite = 1;
+    if (get_input(xo, &in, 0) < 0) return NULL;
+    if (check_shape(&in, a, c, b, 0, a) < 0) goto fail_in;
+    if (get_input(yo, &out, 1) < 0) goto fail_in;
+    if (out.is_double != in.is_double || out.view.len != in.view.len) {
+        PyErr_SetString(PyExc_ValueError, "output must match the input's dtype and size");
+        goto fail_out;
+    }
+    if (get_doubles(mo, &mv, c, 0) < 0) goto fail_out;
+    if (get_doubles(so, &sv, c, 0) < 0) goto fail_mv;
+    if (get_doubles(to, &tv, c, 0) < 0) goto fail_sv;
+    const double *center = mv.buf, *scale = sv.buf, *offset = tv.buf;
+#ifdef HAVE_STREAM
+    const int stream = b >= 64 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    Py_BEGIN_ALLOW_THREADS
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(&& : finite)
+#endif
+    for (int t = 0; t < nt; t++) {
+        const Py_ssize_t r0 = row_bound(a, t, nt), r1 = row_bound(a, t + 1, nt);
+        int ok;
+        if (in.is_double)
+            ok = affine_f64(in.view.buf, out.view.buf, c, b, r0, r1, center, scale, offset);
+#ifdef HAVE_STREAM
+        else if (stream)
+            ok = affine_planes_f32_stream(in.view.buf, out.view.buf, c, b, r0, r1, center, scale,
+                                          offset);
+#endif
+        else ok = affine_f32(in.view.buf, out.view.buf, c, b, r0, r1, center, scale, offset);
+        finite = finite && ok;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&tv);
+    PyBuffer_Release(&sv);
+    PyBuffer_Release(&mv);
+    PyBuffer_Release(&out.view);
+    PyBuffer_Release(&in.view);
+    return PyBool_FromLong(finite);
+fail_sv:
+    PyBuffer_Release(&sv);
+fail_mv:
+    PyBuffer_Release(&mv);
+fail_out:
+    PyBuffer_Release(&out.view);
+fail_in:
+    PyBuffer_Release(&in.view);
+    return NULL;
+}
+
 /* The per-channel (C-sized) arithmetic of a train-mode step, done in one call instead of some
  * twenty NumPy calls; the same formulas, in the same order, as bncore.batchnorm (which stays
  * the reference): no reassociation here, so both give the same bits. */
@@ -614,6 +743,12 @@ static PyMethodDef methods[] = {
      "update(mean, m2, count, w_new, w_old, biased, rm, rv, rm_out, rv_out, pop_count, "
      "pop_mean, pop_m2, count_out, mean_out, m2_out): running EMA (rm/rv None when untracked) "
      "and Chan merge."},
+    {"moments_mt", moments_mt, METH_VARARGS,
+     "moments_mt(x, a, c, b, nthreads, mean_out, m2_out) -> bool: moments over all rows, split "
+     "over nthreads OpenMP threads (one without OpenMP)."},
+    {"affine_mt", affine_mt, METH_VARARGS,
+     "affine_mt(x, a, c, b, nthreads, center, scale, offset, out) -> bool: affine over all "
+     "rows, split over nthreads OpenMP threads (one without OpenMP)."},
     {"fit_small", fit_small, METH_VARARGS,
      "fit_small(x, a, c, b, eps, w_new, w_old, biased, weight, bias, rm, rv, pop_count, "
      "pop_mean, pop_m2, y_out, count_out, mean_out, m2_out, rm_out, rv_out, pc_out, pm_out, "
@@ -624,4 +759,18 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu", NULL, -1, methods,
                                     NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__cpu(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__cpu(void) {
+    PyObject *m = PyModule_Create(&module);
+#ifdef _OPENMP
+    if (m != NULL && PyModule_AddIntConstant(m, "OPENMP", 1) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#else
+    if (m != NULL && PyModule_AddIntConstant(m, "OPENMP", 0) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#endif
+    return m;
+}

@@ -2,6 +2,22 @@
 
 from typing import Any
 
+OPENMP: int  # 1 when built with OpenMP: the *_mt functions then use several threads
+
+def moments_mt(
+    x: Any, a: int, c: int, b: int, nthreads: int, mean_out: Any, m2_out: Any
+) -> bool: ...
+def affine_mt(
+    x: Any,
+    a: int,
+    c: int,
+    b: int,
+    nthreads: int,
+    center: Any,
+    scale: Any,
+    offset: Any,
+    out: Any,
+) -> bool: ...
 def moments(
     x: Any, a: int, c: int, b: int, row0: int, row1: int, mean_out: Any, m2_out: Any
 ) -> bool: ...

@@ -62,6 +62,9 @@ def moments(x3: Array) -> tuple[Array, Array, bool] | None:
     if len(chunks) == 1:  # small: no pool hand-off
         mean, m2 = xp.empty(c), xp.empty(c)
         return mean, m2, _cpu.moments(x3, a, c, b, 0, a, mean, m2)
+    if _cpu.OPENMP:  # the threads in C: a fork costs microseconds, not a pool's tens
+        mean, m2 = xp.empty(c), xp.empty(c)
+        return mean, m2, _cpu.moments_mt(x3, a, c, b, len(chunks), mean, m2)
     means = xp.empty((len(chunks), c))
     m2s = xp.empty((len(chunks), c))
 
@@ -92,6 +95,8 @@ def affine(x3: Array, center: Array, scale: Array, offset: Array) -> tuple[Array
     chunks = _chunks(a, x3.size)
     if len(chunks) == 1:
         return out, _cpu.affine(x3, a, c, b, 0, a, center, scale, offset, out)
+    if _cpu.OPENMP:
+        return out, _cpu.affine_mt(x3, a, c, b, len(chunks), center, scale, offset, out)
 
     def run(chunk: tuple[int, int]) -> Any:
         return _cpu.affine(x3, a, c, b, chunk[0], chunk[1], center, scale, offset, out)
