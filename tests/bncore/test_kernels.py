@@ -149,3 +149,22 @@ def test_update_matches_the_numpy_ema_and_chan_merge(
     expected_rv = 0.3 * batch.m2 / (10 if biased else 9) + rv.astype(np.float64) * 0.7
     np.testing.assert_array_equal(new_rm, expected_rm.astype(dtype))
     np.testing.assert_array_equal(new_rv, expected_rv.astype(dtype))
+
+
+@pytest.mark.parametrize("shape", [(4096, 256, 1), (16, 8, 8192)])
+def test_threaded_kernels_agree_with_one_thread(shape: tuple[int, int, int]) -> None:
+    from bncore import _cpu
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(1e3, 2.0, shape).astype(np.float32)
+    a, c, b = shape
+    m1, s1, m2, s2 = (np.empty(c) for _ in range(4))
+    assert _cpu.moments(x, a, c, b, 0, a, m1, s1)
+    assert _cpu.moments_mt(x, a, c, b, 3, m2, s2)
+    np.testing.assert_allclose(m2, m1, rtol=1e-13)
+    np.testing.assert_allclose(s2, s1, rtol=1e-10)
+    center, scale, offset = m1, 1 / np.sqrt(s1 / (a * b)), rng.normal(0, 1, c)
+    y1, y2 = np.empty_like(x), np.empty_like(x)
+    assert _cpu.affine(x, a, c, b, 0, a, center, scale, offset, y1)
+    assert _cpu.affine_mt(x, a, c, b, 3, center, scale, offset, y2)
+    np.testing.assert_array_equal(y1, y2)
