@@ -7,6 +7,9 @@ ours vs ``torch.nn.functional.batch_norm`` with as many threads as cores (or --t
 rounds interleaved (ours, torch, ours, ...) so that a noisy neighbour hits both sides alike,
 best of --repeat loops of at least 20 ms each; GB/s counts one read of x and one write of y,
 next to a NumPy copy of the same array. Floor: ratio ours/torch <= 1.0 on every row.
+
+On a shared machine, ``--threads 1 --cpu`` compares the calling thread's CPU time (both sides
+then compute in that one thread), which a busy neighbour does not inflate.
 """
 
 from __future__ import annotations
@@ -41,11 +44,14 @@ def _loops(fn: Callable[[], Any]) -> int:
     return max(1, int(0.02 / max(time.perf_counter() - start, 1e-7)))
 
 
+CLOCK = time.perf_counter  # --cpu: time.thread_time
+
+
 def _timed(fn: Callable[[], Any], loops: int) -> float:
-    t = time.perf_counter()
+    t = CLOCK()
     for _ in range(loops):
         fn()
-    return (time.perf_counter() - t) / loops
+    return (CLOCK() - t) / loops
 
 
 def best_pair(a: Callable[[], Any], b: Callable[[], Any], repeat: int) -> tuple[float, float]:
@@ -68,7 +74,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--cpu", action="store_true", help="thread CPU time (with --threads 1)")
     args = parser.parse_args()
+    if args.cpu:
+        if args.threads != 1:
+            parser.error("--cpu measures one thread: use it with --threads 1")
+        global CLOCK
+        CLOCK = time.thread_time
     import torch
 
     torch.set_num_threads(args.threads)
@@ -77,7 +89,11 @@ def main() -> None:
 
         kernels._PARALLEL = 1 << 62
     f = torch.nn.functional.batch_norm
-    print(f"threads: {torch.get_num_threads()}  numpy {np.__version__}  torch {torch.__version__}")
+    clock = "thread CPU time" if args.cpu else "wall time"
+    print(
+        f"threads: {torch.get_num_threads()}  numpy {np.__version__}  torch {torch.__version__}"
+        f"  {clock}  load {os.getloadavg()[0]:.1f}"
+    )
     print(
         f"{'shape':18} {'op':9} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'floor':>5} "
         f"{'ours GB/s':>9} {'copy GB/s':>9}"
