@@ -24,8 +24,18 @@ from bncore.errors import (
     NonFiniteError,
     ShapeError,
     StateError,
+    ValueRangeError,
+)
+from bncore.exchange import (
+    export_doc,
+    export_tensors,
+    import_doc,
+    import_tensors,
+    merge_population,
+    partial_moments,
 )
 from bncore.moments import Moments, NanPolicy, batch_moments, channels_view
+from bncore.onnx_model import OnnxUnavailable, onnx_model, sklearn_scaler
 from bncore.presets import CONVENTIONS, Convention, export_state, import_values
 from bncore.state import BNConfig, BNState, initial_state, state_from_bytes, state_to_bytes
 
@@ -46,8 +56,10 @@ __all__ = [
     "Moments",
     "NanPolicy",
     "NonFiniteError",
+    "OnnxUnavailable",
     "ShapeError",
     "StateError",
+    "ValueRangeError",
     "affine_params",
     "apply_batch",
     "backward",
@@ -57,14 +69,22 @@ __all__ = [
     "check_input",
     "drift",
     "drift_flags",
+    "export_doc",
     "export_state",
+    "export_tensors",
     "fit",
     "fold",
+    "import_doc",
+    "import_tensors",
     "import_values",
     "initial_state",
+    "merge_population",
     "namespace",
     "normalize",
+    "onnx_model",
+    "partial_moments",
     "select",
+    "sklearn_scaler",
     "state_from_bytes",
     "state_to_bytes",
     "to_host",

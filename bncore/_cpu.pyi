@@ -2,11 +2,36 @@
 
 from typing import Any
 
+OPENMP: int  # 1 when built with OpenMP: the *_mt functions then use several threads
+
+def moments_mt(
+    x: Any, a: int, c: int, b: int, nthreads: int, mean_out: Any, m2_out: Any
+) -> bool: ...
+def affine_mt(
+    x: Any,
+    a: int,
+    c: int,
+    b: int,
+    nthreads: int,
+    center: Any,
+    scale: Any,
+    offset: Any,
+    out: Any,
+) -> bool: ...
 def moments(
     x: Any, a: int, c: int, b: int, row0: int, row1: int, mean_out: Any, m2_out: Any
 ) -> bool: ...
 def affine(
-    x: Any, a: int, c: int, b: int, row0: int, row1: int, scale: Any, shift: Any, out: Any
+    x: Any,
+    a: int,
+    c: int,
+    b: int,
+    row0: int,
+    row1: int,
+    center: Any,
+    scale: Any,
+    offset: Any,
+    out: Any,
 ) -> bool: ...
 def scale_shift(
     mean: Any, var: Any, eps: float, weight: Any, bias: Any, scale_out: Any, shift_out: Any
@@ -15,7 +40,9 @@ def update(
     mean: Any,
     m2: Any,
     count: Any,
-    f: float,
+    w_new: float,
+    w_old: float,
+    biased: bool,
     rm: Any,
     rv: Any,
     rm_out: Any,
@@ -27,3 +54,29 @@ def update(
     mean_out: Any,
     m2_out: Any,
 ) -> None: ...
+def fit_small(
+    x: Any,
+    a: int,
+    c: int,
+    b: int,
+    eps: float,
+    w_new: float,
+    w_old: float,
+    biased: bool,
+    weight: Any,
+    bias: Any,
+    rm: Any,
+    rv: Any,
+    pop_count: Any,
+    pop_mean: Any,
+    pop_m2: Any,
+    y_out: Any,
+    count_out: Any,
+    mean_out: Any,
+    m2_out: Any,
+    rm_out: Any,
+    rv_out: Any,
+    pc_out: Any,
+    pm_out: Any,
+    pm2_out: Any,
+) -> bool: ...

@@ -7,16 +7,16 @@ changes); nothing is mutated in place. Shapes: x is (N, C, *S) for ``channel_axi
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
-from types import ModuleType
 from typing import Any
 
 from bncore import kernels
 from bncore.backend import Array, namespace
-from bncore.errors import DTypeError, NonFiniteError, ShapeError, StateError
+from bncore.errors import DTypeError, NonFiniteError, ShapeError, StateError, ValueRangeError
 from bncore.moments import Moments, batch_moments, channels_view, quiet
-from bncore.state import BNState
+from bncore.state import MAX_COUNT, BNState
 
 __all__ = [
     "FitResult",
@@ -70,59 +70,78 @@ def check_input(x: Array, state: BNState, what: str = "input") -> Array:
     return channels_view(x, cfg.channel_axis)
 
 
-def _compute_dtype(xp: ModuleType, dtype: Any) -> Any:
-    # float16 is computed in float32, as PyTorch's CPU kernel does with float32 parameters.
-    return xp.float64 if dtype == xp.float64 else xp.float32
-
-
-def _affine(x3: Array, scale: Array, shift: Array, check: bool = False) -> tuple[Array, bool]:
-    """y = x * scale + shift per channel, in x's dtype (float16 computes in float32).
+def _affine(
+    x3: Array, center: Array, scale: Array, offset: Array, check: bool = False
+) -> tuple[Array, bool]:
+    """y = (x - center) * scale + offset per channel: float64 per element, rounded once to x's
+    dtype. (x * scale + shift with shift = offset - center * scale would cancel two large terms
+    at large means: 0.07 absolute error in float32 at mean 1e6.)
 
     Also says whether every output is finite when ``check`` is set (always computed by the C
     kernels, where a running sum of the outputs costs nothing).
     """
-    found = kernels.affine(x3, scale, shift)
+    found = kernels.affine(x3, center, scale, offset)
     if found is not None:
         return found
     xp = namespace(x3)
-    cdt = _compute_dtype(xp, x3.dtype)
-    sc, sh = scale.astype(cdt)[:, None], shift.astype(cdt)[:, None]
-    y = (x3.astype(cdt, copy=False) * sc + sh).astype(x3.dtype, copy=False)
+    if x3.size == 0:
+        return xp.empty_like(x3), True
+    y64 = x3.astype(xp.float64) - center[:, None]
+    y64 *= scale[:, None]
+    y64 += offset[:, None]
+    y = y64.astype(x3.dtype, copy=False)
     if not check:
         return y, True
     with quiet(xp):
         return y, bool(xp.isfinite(y.sum()))
 
 
-def _scale_shift(state: BNState, mean: Array, var: Array) -> tuple[Array, Array]:
-    """scale = weight / sqrt(var + eps), shift = bias - mean * scale, in float64."""
-    found = kernels.scale_shift(mean, var, state.config.eps, state.weight, state.bias)
-    if found is not None:
-        return found
+def _params(state: BNState, mean: Array, var: Array) -> tuple[Array, Array, Array]:
+    """``(center, scale, offset)``, float64 (C,): y = (x - mean) * weight / sqrt(var + eps) +
+    bias."""
     xp = namespace(mean)
-    scale = 1.0 / xp.sqrt(var + state.config.eps)
-    if state.weight is not None and state.bias is not None:
-        # float64 (scale, mean) with the buffers' float32 promotes to float64: no casts needed
-        scale = scale * state.weight
-        return scale, state.bias - mean * scale
-    return scale, -mean * scale
+    found = kernels.scale_shift(mean, var, state.config.eps, state.weight, None)
+    if found is not None:
+        scale = found[0]
+    else:
+        scale = 1.0 / xp.sqrt(var + state.config.eps)
+        if state.weight is not None:
+            scale = scale * state.weight  # float64 times float32 buffers promotes to float64
+    offset = state.bias.astype(xp.float64) if state.bias is not None else xp.zeros_like(mean)
+    return mean, scale, offset
 
 
-def affine_params(state: BNState) -> tuple[Array, Array]:
-    """Inference-mode ``(scale, shift)`` from the running statistics, float64 (C,)."""
+def _eval_params(state: BNState) -> tuple[Array, Array, Array]:
+    """Inference-mode ``(center, scale, offset)`` from the running statistics, memoized on the
+    (immutable) state: a transform then costs one kernel call and no (C,) arithmetic."""
+    found = state.derived.get("eval")
+    if found is not None:
+        return found  # type: ignore[no-any-return]
     if state.running_mean is None or state.running_var is None:
         raise StateError(
             "the session does not track running statistics (track_running_stats false)"
         )
     xp = namespace(state.running_mean)
-    return _scale_shift(
+    params = _params(
         state, state.running_mean.astype(xp.float64), state.running_var.astype(xp.float64)
     )
+    state.derived["eval"] = params
+    return params
+
+
+def affine_params(state: BNState) -> tuple[Array, Array]:
+    """Inference-mode ``(scale, shift)`` from the running statistics, float64 (C,):
+    y = scale * x + shift (the folded form; the engine itself computes (x - mean) * scale +
+    bias, which does not cancel at large means)."""
+    center, scale, offset = _eval_params(state)
+    return scale, offset - center * scale
 
 
 def _reject_nonfinite(x3: Array) -> None:
     """Raise ``NonFiniteError`` naming the channels of x that hold NaN/Inf, if any."""
     xp = namespace(x3)
+    if x3.size == 0:
+        return
     bad = ~xp.isfinite(x3).all(axis=(0, 2))
     channels = [int(i) for i in xp.nonzero(bad)[0].tolist()]
     if channels:
@@ -137,15 +156,16 @@ def _guard(state: BNState) -> AbstractContextManager[Any]:
 
 
 def _update_running(state: BNState, batch: Moments) -> BNState:
-    """PyTorch's running update: EMA with factor ``momentum`` (or 1/num_batches_tracked) of
-    the mean and the unbiased variance M2 / (n - 1), in float64, stored in the buffers' dtype;
-    and the batch merged into the population moments. One C call on the CPU, else ``xp``."""
+    """The running update of the session's convention: EMA ``w_new * batch + w_old * running``
+    (``BNConfig.ema_weights``: torch's momentum or 1/num_batches_tracked as the new batch's
+    weight, Keras/ONNX momentum as the old value's) of the mean and of the unbiased (torch) or
+    biased (keras, onnx) batch variance, in float64, stored in the buffers' dtype; and the
+    batch merged into the population moments. One C call on the CPU, else ``xp``."""
     rm, rv = state.running_mean, state.running_var
     tracking = rm is not None and rv is not None  # None exactly when track_running_stats is off
-    tracked = state.num_batches_tracked + int(tracking)
-    momentum = state.config.momentum
-    f = (1.0 / tracked if momentum is None else momentum) if tracking else 0.0
-    found = kernels.update(batch, f, rm, rv, state.population)
+    tracked = _tracked(state, int(tracking))
+    weights = state.config.ema_weights(tracked) if tracking else (0.0, 1.0, False)
+    found = kernels.update(batch, weights, rm, rv, state.population)
     if found is not None:
         rm, rv, count, mean, m2 = found
         population = Moments(count, mean, m2)
@@ -153,14 +173,48 @@ def _update_running(state: BNState, batch: Moments) -> BNState:
         population = state.population.merge(batch)
         if rm is not None and rv is not None:
             xp = namespace(batch.mean)
-            unbiased = batch.m2 / (batch.count - 1)  # count >= 2: batch_moments checked it
-            # (1 - f) * buffer in float64 (a Python float times float32 would stay float32)
-            new_rm = f * batch.mean + xp.multiply(rm, 1 - f, dtype=xp.float64)
-            new_rv = f * unbiased + xp.multiply(rv, 1 - f, dtype=xp.float64)
+            w_new, w_old, biased = weights
+            # count >= 2: batch_moments checked it
+            v = batch.m2 / batch.count if biased else batch.m2 / (batch.count - 1)
+            # w_old * buffer in float64 (a Python float times float32 would stay float32)
+            new_rm = w_new * batch.mean + xp.multiply(rm, w_old, dtype=xp.float64)
+            new_rv = w_new * v + xp.multiply(rv, w_old, dtype=xp.float64)
             rm, rv = new_rm.astype(rm.dtype), new_rv.astype(rv.dtype)
-    return replace(
-        state, running_mean=rm, running_var=rv, num_batches_tracked=tracked, population=population
+    return _next_state(state, rm, rv, tracked, population)
+
+
+def _tracked(state: BNState, step: int) -> int:
+    """num_batches_tracked after this fit; it stays an int64 (every format writes one)."""
+    tracked = state.num_batches_tracked + step
+    if tracked >= MAX_COUNT:
+        raise ValueRangeError("num_batches_tracked would exceed 2**63 - 1: reset the session")
+    return tracked
+
+
+def _next_state(
+    state: BNState, rm: Array | None, rv: Array | None, tracked: int, population: Moments
+) -> BNState:
+    # Filled in directly, not through the frozen dataclass's __init__ (one object.__setattr__
+    # per field): a small fit's whole budget is some 10 us, and this is 1 of them.
+    new: BNState = object.__new__(BNState)
+    new.__dict__.update(
+        config=state.config,
+        weight=state.weight,
+        bias=state.bias,
+        running_mean=rm,
+        running_var=rv,
+        num_batches_tracked=tracked,
+        population=population,
+        derived={},
     )
+    return new
+
+
+def _moments(count: Array, mean: Array, m2: Array) -> Moments:
+    # As _next_state: Moments's frozen __init__ costs more than the small fit can spare.
+    new: Moments = object.__new__(Moments)
+    new.__dict__.update(count=count, mean=mean, m2=m2)
+    return new
 
 
 def batch_stats(state: BNState, x: Array) -> Moments:
@@ -186,8 +240,40 @@ def normalize(state: BNState, x: Array, batch: Moments) -> Array:
     state's weight, bias and eps. Same shape and dtype as ``x``."""
     x3 = check_input(x, state)
     with _guard(state):
-        y = _affine(x3, *_scale_shift(state, batch.mean, batch.m2 / batch.count))[0]
+        y = _affine(x3, *_params(state, batch.mean, batch.m2 / batch.count))[0]
     return y.reshape(x.shape)
+
+
+def _fit_small(
+    state: BNState, x: Array, x3: Array, output: bool
+) -> tuple[BNState, FitResult] | None:
+    """``fit`` in one C call for small host batches (None where it does not apply): the same
+    formulas as batch_stats + normalize + apply_batch, without their per-call Python cost."""
+    cfg = state.config
+    if cfg.nan_policy == "omit":
+        return None
+    rm, rv = state.running_mean, state.running_var
+    tracked = _tracked(state, int(rm is not None))
+    weights = cfg.ema_weights(tracked) if rm is not None else (0.0, 1.0, False)
+    found = kernels.fit_small(
+        x3, cfg.eps, weights, state.weight, state.bias, rm, rv, state.population, output
+    )
+    if found is None:
+        return None
+    y, (count, mean, m2), (rm, rv, pc, pm, pm2), finite = found
+    if not finite and cfg.nan_policy == "reject":
+        raise NonFiniteError(_nonfinite(mean, m2))
+    new = _next_state(state, rm, rv, tracked, _moments(pc, pm, pm2))
+    result: FitResult = object.__new__(FitResult)  # as _next_state: no frozen __init__
+    result.__dict__.update(
+        output=None if y is None else y.reshape(x.shape), batch=_moments(count, mean, m2)
+    )
+    return new, result
+
+
+def _nonfinite(mean: Array, m2: Array) -> list[int]:
+    xp = namespace(mean)
+    return [int(i) for i in xp.nonzero(~(xp.isfinite(mean) & xp.isfinite(m2)))[0].tolist()]
 
 
 def fit(state: BNState, x: Array, *, output: bool = True) -> tuple[BNState, FitResult]:
@@ -198,6 +284,11 @@ def fit(state: BNState, x: Array, *, output: bool = True) -> tuple[BNState, FitR
     for one value per channel and ``NonFiniteError`` for NaN/Inf under
     ``nan_policy='reject'``; the given state is never changed.
     """
+    x3 = check_input(x, state)
+    if x3.shape[0] * x3.shape[2] >= 2:  # smaller: batch_moments names the error
+        found = _fit_small(state, x, x3, output)
+        if found is not None:
+            return found
     batch = batch_stats(state, x)
     y = normalize(state, x, batch) if output else None
     return apply_batch(state, batch), FitResult(y, batch)
@@ -207,13 +298,15 @@ def transform(state: BNState, x: Array) -> Array:
     """Inference-mode forward with the running statistics (batch statistics when the session
     does not track them, as PyTorch does). Never changes the state."""
     x3 = check_input(x, state)
+    if x3.size == 0:  # nothing to normalize (and no batch statistics to need)
+        return namespace(x3).empty_like(x)  # type: ignore[no-any-return]
     if not state.config.track_running_stats:
         with _guard(state):
             batch = batch_moments(x3, state.config.nan_policy)
-            y = _affine(x3, *_scale_shift(state, batch.mean, batch.m2 / batch.count))[0]
+            y = _affine(x3, *_params(state, batch.mean, batch.m2 / batch.count))[0]
         return y.reshape(x.shape)
     reject = state.config.nan_policy == "reject"
-    y, finite = _affine(x3, *affine_params(state), check=reject)
+    y, finite = _affine(x3, *_eval_params(state), check=reject)
     if not finite:  # NaN/Inf input, or an overflow: only the former is an error
         _reject_nonfinite(x3)
     return y.reshape(x.shape)
@@ -230,9 +323,15 @@ def backward(
     """Gradients of BatchNorm at ``x`` for upstream ``grad_output`` (same shape as x).
 
     Train mode differentiates through the batch statistics (the paper's section 3); eval mode
-    uses the running statistics: dL/dx = dL/dy * scale. With ``lr`` an SGD step
-    ``weight -= lr * grad_weight`` (and bias) is applied to the returned state.
+    uses the running statistics: dL/dx = dL/dy * scale. With ``lr`` (finite, > 0) an SGD step
+    ``weight -= lr * grad_weight`` (and bias) is applied to the returned state; a step that
+    would make a weight or bias non-finite raises ``ValueRangeError``. ``nan_policy='reject'``
+    applies to x and grad_output in both modes.
     """
+    if lr is not None and not (
+        isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
+    ):
+        raise ValueRangeError(f"lr must be a finite number > 0, got {lr!r}")
     x3 = check_input(x, state)
     if grad_output.shape != x.shape:
         raise ShapeError(
@@ -248,6 +347,8 @@ def backward(
         mean, var, n = batch.mean, batch.var, batch.count
     else:
         assert state.running_mean is not None and state.running_var is not None
+        if cfg.nan_policy == "reject":
+            _reject_nonfinite(x3)
         mean = state.running_mean.astype(xp.float64)
         var = state.running_var.astype(xp.float64)
     if cfg.nan_policy == "reject":
@@ -271,40 +372,71 @@ def backward(
     )
     if lr is None:
         return state, grads
-    if not (lr > 0):
-        raise ShapeError(f"lr must be > 0, got {lr}")
     if state.weight is None or state.bias is None:
         raise StateError("an SGD step needs affine weight and bias (affine is false)")
     dt = state.weight.dtype
-    stepped = replace(
-        state,
-        weight=(state.weight.astype(xp.float64) - lr * gw).astype(dt),
-        bias=(state.bias.astype(xp.float64) - lr * gb).astype(dt),
-    )
-    return stepped, grads
+    with quiet(xp):
+        weight = (state.weight.astype(xp.float64) - lr * gw).astype(dt)
+        bias = (state.bias.astype(xp.float64) - lr * gb).astype(dt)
+    if not bool(xp.isfinite(weight).all() & xp.isfinite(bias).all()):
+        raise ValueRangeError(
+            f"the SGD step with lr={lr} would make weight or bias non-finite "
+            "(NaN/Inf gradients, or an overflow): nothing was changed"
+        )
+    return replace(state, weight=weight, bias=bias), grads
 
 
-def fold(state: BNState, weight: Array, bias: Array | None = None) -> tuple[Array, Array]:
-    """Fold the layer (eval mode) into a preceding linear/conv layer with ``weight`` (C, ...)
-    and ``bias`` (C,) (zeros when None): W' = W * scale, b' = (b - running_mean) * scale + beta.
-    Results keep the dtype of ``weight``."""
+def fold(
+    state: BNState,
+    weight: Array,
+    bias: Array | None = None,
+    *,
+    transposed: bool = False,
+    groups: int = 1,
+) -> tuple[Array, Array]:
+    """Fold the layer (eval mode) into the preceding linear/conv layer ``weight``, ``bias``
+    ((C,), zeros when None): W' = W * scale per output channel, b' = (b - running_mean) *
+    scale + beta, as ``torch.nn.utils.fusion.fuse_conv_bn_weights``.
+
+    The output channels are axis 0 for Linear (out, in) and Conv (out, in/groups, ...); for
+    ConvTranspose (``transposed=True``) the weight is (in, out/groups, ...) and output channel
+    ``g * (out/groups) + k`` is column k of group g's rows. Float inputs keep their dtype;
+    integer inputs give the session's dtype.
+    """
     c = state.config.num_features
     xp = namespace(weight)
-    if weight.dtype.name not in _FLOATS:
-        raise DTypeError(
-            f"weight dtype must be one of {', '.join(_FLOATS)}, got {weight.dtype.name}"
-        )
-    if weight.ndim < 1 or weight.shape[0] != c:
+    for name, arr in (("weight", weight), ("bias", bias)):
+        if arr is not None and arr.dtype.kind not in "fiu":
+            raise DTypeError(f"{name} dtype must be a float or integer type, got {arr.dtype.name}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueRangeError(f"groups must be an integer >= 1, got {groups!r}")
+    if bias is not None and bias.shape != (c,):
+        raise ShapeError(f"bias must have shape ({c},), got {tuple(bias.shape)}")
+    if transposed:
+        if weight.ndim < 2 or weight.shape[1] * groups != c or weight.shape[0] % groups:
+            raise ShapeError(
+                f"a transposed weight is (in, out/groups, ...) with out = {c} and {groups} "
+                f"group(s); got shape {tuple(weight.shape)}"
+            )
+    elif groups != 1:
+        raise ValueRangeError("groups only applies to transposed weights (Conv's axis 0 is out)")
+    elif weight.ndim < 1 or weight.shape[0] != c:
         raise ShapeError(
             f"weight must have {c} output channels on axis 0, got shape {tuple(weight.shape)}"
         )
-    if bias is not None and bias.shape != (c,):
-        raise ShapeError(f"bias must have shape ({c},), got {tuple(bias.shape)}")
     scale, _ = affine_params(state)
     assert state.running_mean is not None
+    out_dt = weight.dtype if weight.dtype.kind == "f" else xp.dtype(state.config.dtype)
+    b_dt = bias.dtype if bias is not None and bias.dtype.kind == "f" else out_dt
     b = bias.astype(xp.float64) if bias is not None else xp.zeros(c)
     beta = state.bias.astype(xp.float64) if state.bias is not None else xp.zeros(c)
-    w_new = weight.astype(xp.float64) * scale.reshape((c,) + (1,) * (weight.ndim - 1))
+    w64 = weight.astype(xp.float64)
+    rest = (1,) * (weight.ndim - 2)
+    if transposed:
+        per = c // groups
+        shaped = w64.reshape((groups, weight.shape[0] // groups, per, *weight.shape[2:]))
+        w_new = (shaped * scale.reshape((groups, 1, per, *rest))).reshape(weight.shape)
+    else:
+        w_new = w64 * scale.reshape((c,) + (1,) * (weight.ndim - 1))
     b_new = (b - state.running_mean.astype(xp.float64)) * scale + beta
-    out_dt = weight.dtype
-    return w_new.astype(out_dt), b_new.astype(bias.dtype if bias is not None else out_dt)
+    return w_new.astype(out_dt), b_new.astype(b_dt)

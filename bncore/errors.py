@@ -10,6 +10,7 @@ __all__ = [
     "NonFiniteError",
     "ShapeError",
     "StateError",
+    "ValueRangeError",
 ]
 
 
@@ -31,6 +32,12 @@ class DTypeError(BNError):
 
 class BatchSizeError(BNError):
     """Train mode needs more than one value per channel (PyTorch's rule)."""
+
+
+class ValueRangeError(BNError):
+    """A number is outside its domain: a learning rate that is not finite and > 0, a negative
+    variance, a count that is not a non-negative integer below 2**63, a step that would make
+    the weights non-finite."""
 
 
 class StateError(BNError):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from bncore.backend import THREADS, Array, is_host, namespace, parallel_map
 
 if TYPE_CHECKING:
@@ -18,7 +20,7 @@ try:
 except ImportError:  # built without a C compiler: the NumPy fallback computes the same
     _cpu = None  # type: ignore[assignment]
 
-__all__ = ["affine", "available", "moments", "scale_shift", "update"]
+__all__ = ["affine", "available", "fit_small", "moments", "scale_shift", "update"]
 
 # Below this many elements one thread beats handing rows to a second thread (measured).
 _PARALLEL = 1 << 20
@@ -32,7 +34,7 @@ def available() -> bool:
 def _applies(x3: Array) -> bool:
     return (
         _cpu is not None
-        and is_host(namespace(x3))
+        and type(x3) is np.ndarray
         and x3.dtype.char in "fd"
         and x3.dtype.isnative
         and x3.flags.c_contiguous
@@ -52,7 +54,7 @@ def moments(x3: Array) -> tuple[Array, Array, bool] | None:
     """Per-channel mean and M2 (float64) of a (A, C, B) array, and whether M2 is finite
     everywhere. In C, each cache-sized piece gets an exact two-pass mean and M2 in double,
     folded in with Chan's update; the threads' row ranges are merged with ``Moments.merge``."""
-    if not _applies(x3) or x3.shape[0] == 0:
+    if not _applies(x3) or x3.size == 0:
         return None
     xp = namespace(x3)
     a, c, b = x3.shape
@@ -60,6 +62,9 @@ def moments(x3: Array) -> tuple[Array, Array, bool] | None:
     if len(chunks) == 1:  # small: no pool hand-off
         mean, m2 = xp.empty(c), xp.empty(c)
         return mean, m2, _cpu.moments(x3, a, c, b, 0, a, mean, m2)
+    if _cpu.OPENMP:  # the threads in C: a fork costs microseconds, not a pool's tens
+        mean, m2 = xp.empty(c), xp.empty(c)
+        return mean, m2, _cpu.moments_mt(x3, a, c, b, len(chunks), mean, m2)
     means = xp.empty((len(chunks), c))
     m2s = xp.empty((len(chunks), c))
 
@@ -77,21 +82,24 @@ def moments(x3: Array) -> tuple[Array, Array, bool] | None:
     return total.mean, total.m2, finite
 
 
-def affine(x3: Array, scale: Array, shift: Array) -> tuple[Array, bool] | None:
-    """y = x * scale + shift per channel in x's dtype, and whether every y is finite.
+def affine(x3: Array, center: Array, scale: Array, offset: Array) -> tuple[Array, bool] | None:
+    """y = (x - center) * scale + offset per channel, each element in double and rounded once
+    to x's dtype, and whether every y is finite.
 
-    ``scale`` and ``shift`` are contiguous float64 (C,) vectors (the C side checks it)."""
-    if not _applies(x3):
+    ``center``, ``scale`` and ``offset`` are contiguous float64 (C,) vectors (the C side
+    checks it)."""
+    if not _applies(x3) or x3.size == 0:
         return None
-    xp = namespace(x3)
     a, c, b = x3.shape
-    out = xp.empty_like(x3)
+    out = np.empty_like(x3)
     chunks = _chunks(a, x3.size)
     if len(chunks) == 1:
-        return out, _cpu.affine(x3, a, c, b, 0, a, scale, shift, out)
+        return out, _cpu.affine(x3, a, c, b, 0, a, center, scale, offset, out)
+    if _cpu.OPENMP:
+        return out, _cpu.affine_mt(x3, a, c, b, len(chunks), center, scale, offset, out)
 
     def run(chunk: tuple[int, int]) -> Any:
-        return _cpu.affine(x3, a, c, b, chunk[0], chunk[1], scale, shift, out)
+        return _cpu.affine(x3, a, c, b, chunk[0], chunk[1], center, scale, offset, out)
 
     return out, all(parallel_map(run, chunks))
 
@@ -107,37 +115,35 @@ def scale_shift(
     """weight / sqrt(var + eps) and bias - mean * scale, float64 (C,), in one call."""
     if not _host_vector(mean):
         return None
-    xp = namespace(mean)
-    scale, shift = xp.empty_like(mean), xp.empty_like(mean)
+    scale, shift = np.empty_like(mean), np.empty_like(mean)
     _cpu.scale_shift(mean, var, eps, weight, bias, scale, shift)
     return scale, shift
 
 
 def update(
     batch: Moments,
-    f: float,
+    weights: tuple[float, float, bool],
     running_mean: Array | None,
     running_var: Array | None,
     population: Moments,
 ) -> tuple[Array | None, Array | None, Array, Array, Array] | None:
-    """The running EMA with factor ``f`` (None buffers: not tracked) and the population merged
-    with the batch (count, mean, M2), in one call; the formulas of ``batchnorm._update_running``
-    and ``Moments.merge``."""
+    """The running EMA ``w_new * batch + w_old * old`` of the mean and of the (biased or
+    unbiased) batch variance, ``weights = (w_new, w_old, biased)``, None buffers when not
+    tracked; and the population merged with the batch (count, mean, M2), in one call: the
+    formulas of ``batchnorm._update_running`` and ``Moments.merge``."""
     if not _host_vector(batch.mean):
         return None
-    xp = namespace(batch.mean)
-    rm = None if running_mean is None else xp.empty_like(running_mean)
-    rv = None if running_var is None else xp.empty_like(running_var)
-    count, mean, m2 = (
-        xp.empty_like(batch.mean),
-        xp.empty_like(batch.mean),
-        xp.empty_like(batch.mean),
-    )
+    rm = None if running_mean is None else np.empty_like(running_mean)
+    rv = None if running_var is None else np.empty_like(running_var)
+    count, mean, m2 = (np.empty_like(batch.mean) for _ in range(3))
+    w_new, w_old, biased = weights
     _cpu.update(
         batch.mean,
         batch.m2,
         batch.count,
-        f,
+        w_new,
+        w_old,
+        biased,
         running_mean,
         running_var,
         rm,
@@ -150,3 +156,33 @@ def update(
         m2,
     )
     return rm, rv, count, mean, m2
+
+
+def fit_small(
+    x3: Array,
+    eps: float,
+    weights: tuple[float, float, bool],
+    weight: Array | None,
+    bias: Array | None,
+    running_mean: Array | None,
+    running_var: Array | None,
+    population: Moments,
+    output: bool,
+) -> tuple[Array | None, tuple[Array, Array, Array], tuple[Any, ...], bool] | None:
+    """A whole train-mode step in one C call for batches too small to thread: ``(y, (count,
+    mean, M2) of the batch, (running_mean, running_var, pop count, pop mean, pop M2) after it,
+    whether M2 is finite)``; None where the kernels do not apply."""
+    if not _applies(x3) or x3.size >= _PARALLEL or type(population.mean) is not np.ndarray:
+        return None
+    a, c, b = x3.shape
+    y = np.empty_like(x3) if output else None
+    # one allocation for the six (C,) vectors: rows of a (6, C) block
+    cnt, mean, m2, pc, pm, pm2 = np.empty((6, c))
+    rm = None if running_mean is None else np.empty_like(running_mean)
+    rv = None if running_var is None else np.empty_like(running_var)
+    w_new, w_old, biased = weights
+    finite = _cpu.fit_small(
+        x3, a, c, b, eps, w_new, w_old, biased, weight, bias, running_mean, running_var,
+        population.count, population.mean, population.m2, y, cnt, mean, m2, rm, rv, pc, pm, pm2,
+    )  # fmt: skip
+    return y, (cnt, mean, m2), (rm, rv, pc, pm, pm2), finite

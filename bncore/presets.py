@@ -86,13 +86,24 @@ def export_state(state: BNState, convention: str) -> dict[str, Any]:
     """The layer in ``convention``'s names: buffers as host arrays, plus momentum and epsilon."""
     conv = _convention(convention)
     out: dict[str, Any] = {conv.names[k]: to_host(v) for k, v in state.buffers().items()}
-    out["momentum"] = conv.momentum_out(state.config.momentum)
+    m = state.config.momentum
+    # the session keeps its momentum in its own convention: convert only across meanings
+    same = CONVENTIONS[state.config.convention].momentum_is_decay == conv.momentum_is_decay
+    out["momentum"] = (
+        m
+        if same
+        else conv.momentum_out(m)
+        if conv.momentum_is_decay
+        else (None if m is None else 1.0 - m)
+    )
     out["epsilon"] = state.config.eps
     return out
 
 
 def import_values(values: dict[str, Any], convention: str) -> dict[str, Any]:
-    """Inverse of ``export_state``: a dict in our names (buffers, ``momentum``, ``eps``)."""
+    """Inverse of ``export_state`` for a torch-convention session: a dict in PyTorch's names
+    and momentum meaning (buffers, ``momentum``, ``eps``). ``bncore.import_doc`` restores any
+    session exactly (the service uses it)."""
     conv = _convention(convention)
     theirs = {v: k for k, v in conv.names.items()}
     out: dict[str, Any] = {}

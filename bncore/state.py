@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from bncore.backend import Array, to_host
-from bncore.errors import ConfigError, NonFiniteError, ShapeError, StateError
+from bncore.errors import ConfigError, NonFiniteError, ShapeError, StateError, ValueRangeError
 from bncore.moments import Moments, NanPolicy
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "BNState",
     "ConventionName",
     "DTypeName",
+    "check_count",
     "initial_state",
     "state_from_bytes",
     "state_to_bytes",
@@ -32,14 +33,25 @@ _DTYPES = ("float32", "float64")
 _CONVENTION_NAMES = ("torch", "keras", "onnx")
 _POLICIES = ("reject", "propagate", "omit")
 _MAGIC = b"BNS\x01"
+# Each convention's own defaults: (eps, momentum in its meaning).
+_CONVENTION_DEFAULTS: dict[str, tuple[float, float]] = {
+    "torch": (1e-5, 0.1),
+    "keras": (1e-3, 0.99),
+    "onnx": (1e-5, 0.9),
+}
+MAX_COUNT = 2**63  # counts (num_batches_tracked) are int64 in every format we write
 
 
 @dataclass(frozen=True)
 class BNConfig:
     """What a BatchNorm layer is, with PyTorch's defaults and meanings.
 
-    ``momentum`` is the weight of the new batch (PyTorch); ``None`` is the cumulative average.
-    ``channel_axis`` is 1 (N, C, ...) or -1 (channels-last). ``dtype`` is the buffers' dtype.
+    ``momentum`` is kept exactly as given, in the meaning of ``convention``: the weight of the
+    new batch for ``torch`` (in (0, 1]), the weight of the old value for ``keras`` and ``onnx``
+    (in [0, 1)); ``None`` is the cumulative average (every batch weighs the same). The running
+    variance is updated with the unbiased batch variance (torch) or the biased one (keras,
+    onnx). ``channel_axis`` is 1 (N, C, ...) or -1 (channels-last). ``dtype`` is the buffers'
+    dtype. ``for_convention`` fills a convention's own defaults (keras: eps 1e-3, momentum 0.99).
     """
 
     num_features: int
@@ -64,8 +76,18 @@ class BNConfig:
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
             raise ConfigError(f"eps must be a finite number > 0, got {self.eps!r}")
         m = self.momentum
-        if m is not None and not (isinstance(m, (int, float)) and 0 < m <= 1):
-            raise ConfigError(f"momentum must be in (0, 1] or null, got {m!r}")
+        if m is not None:
+            number = isinstance(m, (int, float)) and not isinstance(m, bool)
+            if self.convention == "torch" and not (number and 0 < m <= 1):
+                raise ConfigError(
+                    f"momentum must be in (0, 1] (torch: the weight of the new batch) or null, "
+                    f"got {m!r}"
+                )
+            if self.convention != "torch" and not (number and 0 <= m < 1):
+                raise ConfigError(
+                    f"momentum must be in [0, 1) ({self.convention}: the weight of the old "
+                    f"value) or null, got {m!r}"
+                )
         if self.channel_axis not in (1, -1):
             raise ConfigError(f"channel_axis must be 1 or -1, got {self.channel_axis!r}")
         if self.dtype not in _DTYPES:
@@ -84,6 +106,28 @@ class BNConfig:
                 raise ConfigError(f"{name} must be a finite number >= 0 or null, got {v!r}")
         if not isinstance(self.drift_metrics, bool):
             raise ConfigError(f"drift_metrics must be a boolean, got {self.drift_metrics!r}")
+
+    @classmethod
+    def for_convention(cls, convention: ConventionName = "torch", **given: Any) -> BNConfig:
+        """A config whose eps and momentum default to ``convention``'s own (torch 1e-5 and
+        0.1, keras 1e-3 and 0.99, onnx 1e-5 and 0.9) where not given."""
+        eps, momentum = _CONVENTION_DEFAULTS.get(convention, (1e-5, 0.1))
+        given.setdefault("eps", eps)
+        given.setdefault("momentum", momentum)
+        return cls(convention=convention, **given)
+
+    def ema_weights(self, tracked: int) -> tuple[float, float, bool]:
+        """``(w_new, w_old, biased)`` of the running update after ``tracked`` batches:
+        ``running = w_new * batch + w_old * running`` with the biased batch variance or the
+        unbiased one. torch: (m, 1 - m); keras/onnx: (1 - m, m), the formulas as each framework
+        writes them, with the momentum as given; None: (1/tracked, 1 - 1/tracked)."""
+        m, biased = self.momentum, self.convention != "torch"
+        if m is None:
+            f = 1.0 / tracked
+            return f, 1.0 - f, biased
+        if biased:
+            return 1.0 - m, m, True
+        return m, 1.0 - m, False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict of every field (all are scalars: no deep copy needed)."""
@@ -190,9 +234,8 @@ def initial_state(
     track = config.track_running_stats
     rv = vec("running_var", running_var, 1.0, track)
     if rv is not None and bool((rv < 0).any()):  # NaN compares False: allowed when not finite
-        raise ShapeError("running_var must be >= 0")
-    if num_batches_tracked < 0:
-        raise StateError(f"num_batches_tracked must be >= 0, got {num_batches_tracked}")
+        raise ValueRangeError("running_var must be >= 0")
+    check_count("num_batches_tracked", num_batches_tracked)
     return BNState(
         config=config,
         weight=vec("weight", weight, 1.0, config.affine),
@@ -202,6 +245,15 @@ def initial_state(
         num_batches_tracked=int(num_batches_tracked),
         population=population if population is not None else Moments.zeros(c, xp),
     )
+
+
+def check_count(name: str, value: Any) -> int:
+    """``value`` as a count: an integer (not a bool, not a float) in [0, 2**63)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueRangeError(f"{name} must be an integer, got {value!r}")
+    if not 0 <= int(value) < MAX_COUNT:
+        raise ValueRangeError(f"{name} must be in [0, 2**63), got {value}")
+    return int(value)
 
 
 _ORDER = ("weight", "bias", "running_mean", "running_var")

@@ -15,7 +15,7 @@ from service.commit import Commits
 from service.limits import BodyLimit
 from service.malloc import keep_freed_memory
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import compute, history, probes, sessions, stats, v2
+from service.routes import compute, history, merge, probes, sessions, stats, v2
 from service.settings import Settings
 from service.stores import open_store, store_options
 
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outside BodyLimit: a caller without a key learns nothing, not even the body limit.
     app.add_middleware(ApiKeyAuth, keys=settings.key_list())
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for module in (probes, sessions, compute, stats, history, v2):
+    for module in (probes, sessions, compute, stats, history, merge, v2):
         app.include_router(module.router)
     _complete_openapi(app)
     return app

@@ -86,6 +86,7 @@ ENGINE_ERRORS: dict[type[bncore.BNError], tuple[int, str, str]] = {
     bncore.BatchSizeError: (422, "batch-too-small", "Too few values per channel"),
     bncore.NonFiniteError: (422, "non-finite-input", "Input holds NaN or Inf"),
     bncore.StateError: (409, "state-conflict", "Operation conflicts with the session state"),
+    bncore.ValueRangeError: (422, "value-out-of-range", "Value out of range"),
 }
 
 

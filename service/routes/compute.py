@@ -23,6 +23,7 @@ from service.codecs import (
     encode_npy,
     encode_safetensors,
     negotiate,
+    parse_json,
     tensor_json,
 )
 from service.commit import FitOutcome
@@ -219,19 +220,41 @@ def _gradients(answer: str, grads: bncore.Gradients, version: int) -> Replay:
     "/fold",
     summary="Fold into a preceding linear/conv layer: W' = W*scale, b' = (b-mean)*scale+beta",
     openapi_extra=multi_body(
-        "The preceding layer's weight (C, ...) and optional bias (C,)",
-        {"weight": "W, output channels first", "bias": "b (optional; zeros)"},
+        "The preceding layer's weight and optional bias (C,). Linear (out, in) and Conv "
+        "(out, in/groups, ...) weights have the output channels on axis 0 (the default); "
+        "ConvTranspose weights are (in, out/groups, ...): send `transposed: true` (a JSON "
+        "member or the query) and `groups` when > 1. Integer inputs give the session's dtype.",
+        {"weight": "W", "bias": "b (optional; zeros)"},
     ),
     responses={200: {"description": "folded weight and bias (JSON or safetensors)"}, **PROBLEMS},
 )
-def fold(session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep) -> Response:
+def fold(
+    session_id: str,
+    body: BodyDep,
+    store: StoreDep,
+    backend: BackendDep,
+    transposed: Annotated[
+        bool, Query(description="ConvTranspose weight (in, out/groups, ...)")
+    ] = False,
+    groups: Annotated[int, Query(ge=1, le=1 << 20, description="ConvTranspose groups")] = 1,
+) -> Response:
     media = content_type(body.content_type, MULTI_TYPES)
     answer = negotiate(body.accept, media, MULTI_TYPES)
     session = store.read(session_id)
     tensors = decode_named(body.data, media, ("weight", "bias"), session.state.config.dtype)
+    if media == JSON:
+        doc = parse_json(body.data)
+        transposed = _flag(doc, "transposed", transposed)
+        groups = _int(doc, "groups", groups)
     w = backend.asarray(_require(tensors, "weight"))
     b = tensors.get("bias")
-    fw, fb = bncore.fold(session.state, w, backend.asarray(b) if b is not None else None)
+    fw, fb = bncore.fold(
+        session.state,
+        w,
+        backend.asarray(b) if b is not None else None,
+        transposed=transposed,
+        groups=groups,
+    )
     headers = {"ETag": etag(session.version), "Vary": "Accept"}
     if answer == SAFETENSORS:
         return to_response(
@@ -247,3 +270,17 @@ def fold(session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep) -
             {"weight": tensor_json(bncore.to_host(fw)), "bias": bncore.to_host(fb)}, headers=headers
         )
     )
+
+
+def _flag(doc: dict[str, Any], name: str, default: bool) -> bool:
+    value = doc.get(name, default)
+    if not isinstance(value, bool):
+        raise MalformedBody(f"{name} must be a boolean, got {value!r}")
+    return value
+
+
+def _int(doc: dict[str, Any], name: str, default: int) -> int:
+    value = doc.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 20:
+        raise MalformedBody(f"{name} must be an integer in [1, 2**20], got {value!r}")
+    return value

@@ -27,14 +27,20 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 
 class CreateSession(BaseModel):
-    """A new BatchNorm layer. Defaults and meanings are PyTorch's (``momentum`` is the weight
-    of the new batch; null is the cumulative average)."""
+    """A new BatchNorm layer. ``convention`` (default torch) fixes the meaning of ``momentum``
+    (torch: the weight of the new batch; keras/onnx: the weight of the old value; null is the
+    cumulative average), the running-variance update (torch unbiased; keras/onnx biased) and
+    the defaults of eps and momentum where not given (torch 1e-5 and 0.1, keras 1e-3 and
+    0.99, onnx 1e-5 and 0.9). The momentum is kept exactly as given."""
 
     model_config = ConfigDict(extra="forbid")
 
     num_features: StrictInt = Field(ge=1, le=1 << 20, description="C, the channel count")
-    eps: float = Field(1e-5, gt=0, allow_inf_nan=False)
-    momentum: float | None = Field(0.1, gt=0, le=1, allow_inf_nan=False)
+    eps: float = Field(1e-5, gt=0, allow_inf_nan=False, description="default per convention")
+    momentum: float | None = Field(
+        0.1, ge=0, le=1, allow_inf_nan=False, description="as given, in `convention`'s meaning"
+    )
+    convention: Literal["torch", "keras", "onnx"] = "torch"
     affine: bool = True
     track_running_stats: bool = True
     channel_axis: Literal[1, -1] = Field(1, description="1: (N, C, ...); -1: channels-last")
@@ -43,6 +49,9 @@ class CreateSession(BaseModel):
     weight: list[float] | None = Field(None, description="initial weight (gamma), C values")
     bias: list[float] | None = Field(None, description="initial bias (beta), C values")
     name: str | None = Field(None, max_length=200)
+    drift_max_kl: float | None = Field(None, ge=0, allow_inf_nan=False)
+    drift_max_mean_shift: float | None = Field(None, ge=0, allow_inf_nan=False)
+    drift_metrics: bool = False
 
 
 def _view_replay(session: Session, code: int = 200) -> Replay:
@@ -67,8 +76,9 @@ def create_session(
     backend: BackendDep,
     idem: IdempotencyDep,
 ) -> Response:
-    config = bncore.BNConfig(
-        **spec.model_dump(exclude={"weight", "bias", "name"}),
+    # only what the client gave: eps and momentum default per convention
+    config = bncore.BNConfig.for_convention(
+        **spec.model_dump(exclude={"weight", "bias", "name"}, include=spec.model_fields_set),
     )
     state = bncore.initial_state(config, weight=spec.weight, bias=spec.bias, xp=backend.xp)
     now = time.time()

@@ -55,19 +55,20 @@ def test_large_mean_small_spread_float32_is_exact_to_1e_6() -> None:
 def test_affine_matches_numpy_bit_for_bit(shape: tuple[int, int, int]) -> None:
     rng = np.random.default_rng(2)
     x = rng.normal(0, 1, shape).astype(np.float32)
-    scale, shift = rng.normal(0, 1, shape[1]), rng.normal(0, 1, shape[1])
-    found = kernels.affine(x, scale, shift)
+    center, scale, offset = (rng.normal(0, 1, shape[1]) for _ in range(3))
+    found = kernels.affine(x, center, scale, offset)
     assert found is not None
     y, finite = found
-    expected = x * scale.astype(np.float32)[:, None] + shift.astype(np.float32)[:, None]
-    np.testing.assert_array_equal(y, expected)
+    # float64 per element, rounded once (the streaming AVX2 path included: (40, 64, 3136))
+    expected = (x - center[:, None]) * scale[:, None] + offset[:, None]
+    np.testing.assert_array_equal(y, expected.astype(np.float32))
     assert finite
 
 
 def test_affine_reports_non_finite_output() -> None:
     x = np.ones((4, 3, 1), np.float32)
     x[2, 1, 0] = np.nan
-    found = kernels.affine(x, np.ones(3), np.zeros(3))
+    found = kernels.affine(x, np.zeros(3), np.ones(3), np.zeros(3))
     assert found is not None
     assert found[1] is False
 
@@ -82,7 +83,7 @@ def test_affine_reports_non_finite_output() -> None:
 )
 def test_kernels_step_aside_for_what_they_do_not_take(x3: np.ndarray) -> None:
     assert kernels.moments(x3) is None
-    assert kernels.affine(x3, np.ones(3), np.zeros(3)) is None
+    assert kernels.affine(x3, np.zeros(3), np.ones(3), np.zeros(3)) is None
 
 
 def test_engine_falls_back_to_numpy_for_non_contiguous_input() -> None:
@@ -122,7 +123,10 @@ def test_scale_shift_matches_the_numpy_formula(dtype: str, affine: bool) -> None
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("tracked", [True, False])
-def test_update_matches_the_numpy_ema_and_chan_merge(dtype: str, tracked: bool) -> None:
+@pytest.mark.parametrize("biased", [False, True])
+def test_update_matches_the_numpy_ema_and_chan_merge(
+    dtype: str, tracked: bool, biased: bool
+) -> None:
     rng = np.random.default_rng(5)
     batch = bn.Moments(np.full(6, 10.0), rng.normal(0, 1, 6), rng.uniform(1, 5, 6))
     population = bn.Moments(
@@ -130,7 +134,7 @@ def test_update_matches_the_numpy_ema_and_chan_merge(dtype: str, tracked: bool) 
     )
     rm = rng.normal(0, 1, 6).astype(dtype) if tracked else None
     rv = rng.uniform(0.5, 2, 6).astype(dtype) if tracked else None
-    found = kernels.update(batch, 0.3, rm, rv, population)
+    found = kernels.update(batch, (0.3, 0.7, biased), rm, rv, population)
     assert found is not None
     new_rm, new_rv, count, mean, m2 = found
     merged = population.merge(batch)
@@ -142,6 +146,25 @@ def test_update_matches_the_numpy_ema_and_chan_merge(dtype: str, tracked: bool) 
         return
     assert new_rm.dtype == np.dtype(dtype)
     expected_rm = 0.3 * batch.mean + rm.astype(np.float64) * 0.7
-    expected_rv = 0.3 * batch.m2 / 9 + rv.astype(np.float64) * 0.7
+    expected_rv = 0.3 * batch.m2 / (10 if biased else 9) + rv.astype(np.float64) * 0.7
     np.testing.assert_array_equal(new_rm, expected_rm.astype(dtype))
     np.testing.assert_array_equal(new_rv, expected_rv.astype(dtype))
+
+
+@pytest.mark.parametrize("shape", [(4096, 256, 1), (16, 8, 8192)])
+def test_threaded_kernels_agree_with_one_thread(shape: tuple[int, int, int]) -> None:
+    from bncore import _cpu
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(1e3, 2.0, shape).astype(np.float32)
+    a, c, b = shape
+    m1, s1, m2, s2 = (np.empty(c) for _ in range(4))
+    assert _cpu.moments(x, a, c, b, 0, a, m1, s1)
+    assert _cpu.moments_mt(x, a, c, b, 3, m2, s2)
+    np.testing.assert_allclose(m2, m1, rtol=1e-13)
+    np.testing.assert_allclose(s2, s1, rtol=1e-10)
+    center, scale, offset = m1, 1 / np.sqrt(s1 / (a * b)), rng.normal(0, 1, c)
+    y1, y2 = np.empty_like(x), np.empty_like(x)
+    assert _cpu.affine(x, a, c, b, 0, a, center, scale, offset, y1)
+    assert _cpu.affine_mt(x, a, c, b, 3, center, scale, offset, y2)
+    np.testing.assert_array_equal(y1, y2)

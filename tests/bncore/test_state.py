@@ -58,7 +58,7 @@ def test_buffers_follow_affine_and_tracking_like_a_state_dict() -> None:
         ({"weight": [1.0, 2.0]}, bn.ShapeError),
         ({"bias": [[0.0, 0.0, 0.0]]}, bn.ShapeError),
         ({"weight": [1.0, float("nan"), 1.0]}, bn.NonFiniteError),
-        ({"running_var": [1.0, -1.0, 1.0]}, bn.ShapeError),
+        ({"running_var": [1.0, -1.0, 1.0]}, bn.ValueRangeError),
         ({"weight": ["a", "b", "c"]}, bn.ShapeError),
     ],
 )

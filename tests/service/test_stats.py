@@ -35,6 +35,8 @@ def test_json_export_has_pytorch_names_eps_momentum_population(client: TestClien
         "num_batches_tracked",
         "eps",
         "momentum",
+        "convention",
+        "channel_axis",
         "population",
     }
     assert stats["num_batches_tracked"] == 3
