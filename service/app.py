@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Durable BatchNorm sessions: fit running statistics, transform, export.",
     )
     app.state.settings = settings
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(settings.metrics_drift_sessions)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

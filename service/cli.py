@@ -8,6 +8,9 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from service.metrics_dir import multiprocess_dir
+from service.settings import Settings
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnaas", description="Batch Normalization as a Service")
@@ -32,15 +35,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["BNAAS_STORE"] = args.store
     if args.device is not None:
         os.environ["BNAAS_DEVICE"] = args.device
-    uvicorn.run(
-        "service.app:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    # Before any app import: the workers' metrics go to one fresh shared directory.
+    with multiprocess_dir(Settings().metrics_dir):
+        uvicorn.run(
+            "service.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=10,
+        )
     return 0
 
 

@@ -19,6 +19,7 @@ from fastapi import Depends, Request
 from bncore import Backend
 from service.codecs import decompress
 from service.errors import MalformedBody, Unauthorized
+from service.metrics import Metrics
 from service.settings import Settings
 from service.stores import Store
 from service.stores.base import Idempotency
@@ -69,6 +70,14 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RawStoreDep = Annotated[Store, Depends(get_raw_store)]
 StoreDep = Annotated[Store, Depends(get_store)]
 BackendDep = Annotated[Backend, Depends(get_backend)]
+
+
+async def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 @dataclass(frozen=True)

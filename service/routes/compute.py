@@ -28,7 +28,15 @@ from service.codecs import (
     parse_json,
     tensor_json,
 )
-from service.deps import BackendDep, BodyDep, IdempotencyDep, IfMatchDep, SettingsDep, StoreDep
+from service.deps import (
+    BackendDep,
+    BodyDep,
+    IdempotencyDep,
+    IfMatchDep,
+    MetricsDep,
+    SettingsDep,
+    StoreDep,
+)
 from service.errors import MalformedBody
 from service.routes.openapi import PROBLEMS, headers, multi_body, tensor_body, tensor_response
 from service.stores.base import Replay, Session
@@ -58,13 +66,16 @@ def _b64(values: Any) -> str:
         "The normalized batch, same shape and dtype", {"ETag": "session version"}
     ),
 )
-def transform(session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep) -> Response:
+def transform(
+    session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep, metrics: MetricsDep
+) -> Response:
     """Inference mode: never changes the session."""
     media = content_type(body.content_type, TENSOR_TYPES)
     answer = negotiate(body.accept, media, TENSOR_TYPES)
     session = store.get(session_id)
     x = decode_tensor(body.data, media, session.state.config.dtype)
     y = bncore.transform(session.state, backend.asarray(x))
+    metrics.observe_op("transform", x.size)
     return to_response(_tensor_replay(answer, y, {"ETag": etag(session.version)}, {}))
 
 
@@ -96,6 +107,7 @@ def fit(
     settings: SettingsDep,
     if_match: IfMatchDep,
     idem: IdempotencyDep,
+    metrics: MetricsDep,
     output: Annotated[bool, Query(description="return the normalized batch")] = True,
 ) -> Response:
     """Atomic: the batch is applied exactly once, or not at all (with Idempotency-Key, a
@@ -135,9 +147,11 @@ def fit(
             headers["BN-Batch-Var"] = _b64(stats["var"])
         return _tensor_replay(answer, result.output, headers, extra)
 
-    return rendered(
+    out = rendered(
         store.update(session_id, change, if_match=if_match, idem=idem, render=render), render
     )
+    metrics.observe_op("fit", x.size)
+    return out
 
 
 def _multi(body: bytes, media: str, names: tuple[str, ...], dtype: str) -> dict[str, Array]:
@@ -187,6 +201,7 @@ def backward(
     backend: BackendDep,
     if_match: IfMatchDep,
     idem: IdempotencyDep,
+    metrics: MetricsDep,
     mode: Annotated[
         Literal["train", "eval"], Query(description="train: through batch statistics")
     ] = "train",
@@ -203,6 +218,7 @@ def backward(
         return (new if lr is not None else None), grads
 
     def render(session: Session, grads: bncore.Gradients) -> Replay:
+        metrics.observe_op("backward", grads.grad_input.size)  # once per answer, not per try
         headers = {"ETag": etag(session.version)}
         named = {
             "grad_input": grads.grad_input,
@@ -234,7 +250,9 @@ def backward(
     ),
     responses={200: {"description": "folded weight and bias (JSON or safetensors)"}, **PROBLEMS},
 )
-def fold(session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep) -> Response:
+def fold(
+    session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep, metrics: MetricsDep
+) -> Response:
     media = content_type(body.content_type, MULTI_TYPES)
     answer = negotiate(body.accept, media, MULTI_TYPES)
     session = store.get(session_id)
@@ -242,6 +260,7 @@ def fold(session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep) -
     w = backend.asarray(_require(tensors, "weight"))
     b = tensors.get("bias")
     fw, fb = bncore.fold(session.state, w, backend.asarray(b) if b is not None else None)
+    metrics.observe_op("fold", w.size)
     headers = {"ETag": etag(session.version)}
     if answer == SAFETENSORS:
         return to_response(

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 import bncore
 from service import __version__
-from service.deps import BackendDep, BodyDep, IdempotencyDep, RawStoreDep, StoreDep
+from service.deps import BackendDep, BodyDep, IdempotencyDep, MetricsDep, RawStoreDep, StoreDep
 from service.errors import ServiceError, StoreUnavailable
 from service.routes.openapi import headers
 from service.stores.base import Replay, Session
@@ -109,6 +109,7 @@ def infer(
     store: StoreDep,
     backend: BackendDep,
     idem: IdempotencyDep,
+    metrics: MetricsDep,
     version: str | None = None,
 ) -> Response:
     _check_version(session_id, version)
@@ -116,6 +117,7 @@ def infer(
     if req.mode == "transform":
         session = store.get(session_id)
         y = bncore.transform(session.state, backend.asarray(req.x))
+        metrics.observe_op("transform", req.x.size)
         return _answer(session_id, req, y, {"mode": "transform"})
 
     def change(session: Session) -> tuple[bncore.BNState, bncore.FitResult]:
@@ -127,7 +129,9 @@ def infer(
         data, headers, media = encode_infer(session_id, req, bncore.to_host(result.output), params)
         return Replay(200, media, data, headers)
 
-    return rendered(store.update(session_id, change, idem=idem, render=render), render)
+    out = rendered(store.update(session_id, change, idem=idem, render=render), render)
+    metrics.observe_op("fit", req.x.size)
+    return out
 
 
 def _answer(model: str, req: InferRequest, y: Any, params: dict[str, Any]) -> Response:
