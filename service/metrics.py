@@ -90,6 +90,8 @@ class _Admission:
                 admitted = session_id in ids or len(ids) < self.limit
                 if admitted and session_id not in ids:
                     f.write(session_id + "\n")
+            # Once full the file's set is final: keep all of it and never read it again.
+            self.known |= ids
         if admitted:
             self.known.add(session_id)
         else:
