@@ -13,7 +13,7 @@ from service import __version__, errors
 from service.limits import BodyLimit
 from service.malloc import keep_freed_memory
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import compute, probes, sessions, stats, v2
+from service.routes import compute, probes, sessions, stats, ui, v2
 from service.settings import Settings
 from service.stores import open_store
 
@@ -67,6 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (probes, sessions, compute, stats, v2):
         app.include_router(module.router)
+    if settings.ui_enabled:
+        app.include_router(ui.router)
     _complete_openapi(app)
     return app
 
