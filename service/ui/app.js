@@ -260,7 +260,7 @@ function renderPicker(data) {
   }
   const top1 = points.reduce((m, p) => Math.max(m, p[1]), 0) || 1;
   chart($("overview"), {
-    width: 640, height: 120, xLabel: "feature", yLabel: "KL", yZero: true,
+    width: 640, height: 120, xLabel: "feature", yLabel: "KL", yZero: true, xInteger: true,
     xDomain: [0, Math.max(c - 1, 1)],
     series: [
       { name: "kl", label: "KL per feature", kind: "line", cls: "s-kl", points },
@@ -313,7 +313,7 @@ function renderTrajectories(data) {
   data.trajectories = t;
   chart($("traj-mean"), {
     width: 480,
-    xLabel: "num_batches_tracked", yLabel: "mean",
+    xLabel: "num_batches_tracked", xInteger: true, yLabel: "mean",
     series: [
       { name: "running_mean", label: "running mean", kind: "line", cls: "s-running",
         points: t.running_mean, data: { feature: f } },
@@ -323,7 +323,7 @@ function renderTrajectories(data) {
   });
   chart($("traj-var"), {
     width: 480,
-    xLabel: "num_batches_tracked", yLabel: "variance", yZero: true,
+    xLabel: "num_batches_tracked", xInteger: true, yLabel: "variance", yZero: true,
     series: [
       { name: "running_var", label: "running var", kind: "line", cls: "s-running",
         points: t.running_var, data: { feature: f } },
@@ -333,7 +333,7 @@ function renderTrajectories(data) {
   });
   chart($("traj-drift"), {
     width: 480,
-    xLabel: "num_batches_tracked", yLabel: "drift", yZero: true,
+    xLabel: "num_batches_tracked", xInteger: true, yLabel: "drift", yZero: true,
     series: [
       { name: "kl", label: `KL (feature ${f})`, kind: "line", cls: "s-kl", points: t.kl },
       { name: "abs_mean_shift", label: "|mean shift|", kind: "line", cls: "s-shift",

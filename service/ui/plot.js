@@ -10,12 +10,15 @@ export function el(name, attrs = {}, parent = null) {
 }
 
 // About `count` round tick values covering [lo, hi].
-export function ticks(lo, hi, count = 5) {
+// With `integer`, steps are whole numbers (counts such as num_batches_tracked).
+export function ticks(lo, hi, count = 5, integer = false) {
   const span = hi - lo;
   if (!(span > 0) || !Number.isFinite(span)) return [lo];
   const raw = span / count;
   const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => span / s <= count) || raw;
+  const steps = [1, 2, 2.5, 5, 10].map((m) => m * mag).filter((s) => !integer || s >= 1);
+  const step = (integer && raw < 1 ? 1 : steps.find((s) => span / s <= count && (!integer
+    || Number.isInteger(s)))) || raw;
   const out = [];
   for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
     out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
@@ -48,7 +51,7 @@ function extent(series, axis, fallback) {
 // into `svg`, replacing what it held. Each drawn element carries data-series and the
 // series' data-* attributes, so that tests and readers can tell what was plotted.
 export function chart(svg, { series, xLabel, yLabel, xDomain, yDomain, yZero = false,
-  width = 640, height = 260, onPickX = null }) {
+  xInteger = false, width = 640, height = 260, onPickX = null }) {
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
@@ -65,7 +68,7 @@ export function chart(svg, { series, xLabel, yLabel, xDomain, yDomain, yZero = f
   const sy = (y) => m.top + h - ((y - y0) / (y1 - y0 || 1)) * h;
 
   const axes = el("g", { class: "axes" }, svg);
-  for (const t of ticks(x0, x1, 6)) {
+  for (const t of ticks(x0, x1, 6, xInteger)) {
     el("line", { x1: sx(t), x2: sx(t), y1: m.top, y2: m.top + h, class: "grid" }, axes);
     el("text", { x: sx(t), y: m.top + h + 16, class: "tick", "text-anchor": "middle" }, axes)
       .textContent = fmt(t);
