@@ -312,7 +312,7 @@ function renderTrajectories(data) {
   const t = trajectories([...state.history.values()], state.stats, f);
   data.trajectories = t;
   chart($("traj-mean"), {
-    width: 480,
+    width: 380, height: 240,
     xLabel: "num_batches_tracked", xInteger: true, yLabel: "mean",
     series: [
       { name: "running_mean", label: "running mean", kind: "line", cls: "s-running",
@@ -322,7 +322,7 @@ function renderTrajectories(data) {
     ],
   });
   chart($("traj-var"), {
-    width: 480,
+    width: 380, height: 240,
     xLabel: "num_batches_tracked", xInteger: true, yLabel: "variance", yZero: true,
     series: [
       { name: "running_var", label: "running var", kind: "line", cls: "s-running",
@@ -332,13 +332,13 @@ function renderTrajectories(data) {
     ],
   });
   chart($("traj-drift"), {
-    width: 480,
+    width: 380, height: 240,
     xLabel: "num_batches_tracked", xInteger: true, yLabel: "drift", yZero: true,
     series: [
-      { name: "kl", label: `KL (feature ${f})`, kind: "line", cls: "s-kl", points: t.kl },
+      { name: "kl", label: `KL #${f}`, kind: "line", cls: "s-kl", points: t.kl },
       { name: "abs_mean_shift", label: "|mean shift|", kind: "line", cls: "s-shift",
         points: t.abs_mean_shift },
-      { name: "max_kl", label: "max KL (all features)", kind: "dots", cls: "s-maxkl",
+      { name: "max_kl", label: "max KL (all)", kind: "dots", cls: "s-maxkl",
         points: t.max_kl },
     ],
   });
