@@ -3,7 +3,9 @@ multiprocess directory, and process-wide totals from a real two-worker server.""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -249,3 +251,26 @@ def test_two_workers_report_process_wide_totals_on_every_scrape(tmp_path: Path) 
     finally:
         server.stop()
     assert list(parent.iterdir()) == []  # removed at exit
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_service_exports(
+    app_client: TestClient,
+) -> None:
+    m: Metrics = app_client.app.state.metrics  # type: ignore[attr-defined]
+    m.observe_drift("s1", SUMMARY)
+    m.observe_flags(["kl"])
+    m.retry()
+    m.observe_replay()
+    m.drift_dropped.inc()
+    app_client.get("/healthz")
+    exported = {
+        s.name
+        for family in text_string_to_metric_families(app_client.get("/metrics").text)
+        for s in family.samples
+    }
+    dashboard = Path(__file__).parents[2] / "deploy" / "grafana" / "bnaas-dashboard.json"
+    doc = json.loads(dashboard.read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
+    assert exprs
+    used = {name for e in exprs for name in re.findall(r"\bbnaas_[a-z_]+", e)}
+    assert used - exported == set()
