@@ -7,7 +7,8 @@ import { densityPoints, densityRange, featureCurves, finite, normalizer, topByKl
 import { chart, fmt } from "./plot.js";
 
 const HISTORY_PAGE = 50;
-const HISTORY_PAGES = 6; // at most 300 fits drawn
+const HISTORY_MAX = 300; // fits drawn at most
+const HISTORY_NUMBERS = 2_000_000; // per-channel numbers held at most (5 per channel per fit)
 const SESSION_PAGES = 10; // at most 1000 sessions listed
 const TOP_K = 10;
 const KEY_STORAGE = "bnaas-api-key";
@@ -112,15 +113,24 @@ function renderSessionList() {
 
 // --- one session ---
 
-async function loadHistory(sid, pages) {
+// How many fits to keep: all of HISTORY_MAX for narrow sessions, fewer for thousands of
+// features (each full fit carries 5 numbers per feature).
+function historyWanted(c) {
+  return Math.max(2, Math.min(HISTORY_MAX, Math.floor(HISTORY_NUMBERS / (5 * c))));
+}
+
+// The newest `wanted` fits, newest-first pages of at most HISTORY_PAGE.
+async function loadHistory(sid, wanted) {
   let before = null;
-  for (let page = 0; page < pages; page++) {
-    const q = new URLSearchParams({ limit: String(HISTORY_PAGE) });
+  let got = 0;
+  while (got < wanted) {
+    const q = new URLSearchParams({ limit: String(Math.min(HISTORY_PAGE, wanted - got)) });
     if (before !== null) q.set("before", String(before));
     const doc = await api(`/v1/sessions/${encodeURIComponent(sid)}/history?${q}`);
     for (const e of doc.fits) state.history.set(e.version, e);
+    got += doc.fits.length;
     before = doc.next_before;
-    if (before === null || before === undefined) break;
+    if (before === null || before === undefined || !doc.fits.length) break;
   }
 }
 
@@ -130,11 +140,15 @@ async function refreshSession(full) {
   const [session, stats] = await Promise.all([
     api(`/v1/sessions/${enc}`), api(`/v1/sessions/${enc}/stats`)]);
   if (sid !== state.sid) return; // another session was picked meanwhile
+  // A poll fetches only the fits it has not seen (versions also move on reset or import).
+  const seen = state.session && !full ? state.session.version : null;
+  const keep = historyWanted(session.config.num_features);
+  const wanted = seen === null ? keep : Math.min(keep, Math.max(1, session.version - seen));
   state.session = session;
   state.stats = stats;
   try {
     if (full) state.history.clear();
-    await loadHistory(sid, full ? HISTORY_PAGES : 1);
+    await loadHistory(sid, wanted);
     state.historyNote = "";
   } catch (err) {
     state.historyNote = `History unavailable (${err.message}): trajectories need it.`;
@@ -149,9 +163,8 @@ async function refreshSession(full) {
 }
 
 function trimHistory() {
-  // Keep what the first pages held: the newest HISTORY_PAGE * HISTORY_PAGES fits.
   const versions = [...state.history.keys()].sort((a, b) => b - a);
-  for (const v of versions.slice(HISTORY_PAGE * HISTORY_PAGES)) state.history.delete(v);
+  for (const v of versions.slice(historyWanted(numFeatures()))) state.history.delete(v);
 }
 
 function newestFull() {
@@ -166,7 +179,7 @@ async function selectSession(sid) {
   state.sid = sid;
   state.feature = null;
   state.history.clear();
-  history.replaceState(null, "", `#session=${encodeURIComponent(sid)}`);
+  remember();
   renderSessionList();
   try {
     await refreshSession(true);
@@ -174,6 +187,12 @@ async function selectSession(sid) {
   } catch (err) {
     reportError(err);
   }
+}
+
+// The location's hash keeps the view: #session=ID&feature=F (reload and links restore it).
+function remember() {
+  const f = state.feature === null ? "" : `&feature=${state.feature}`;
+  window.history.replaceState(null, "", `#session=${encodeURIComponent(state.sid)}${f}`);
 }
 
 function numFeatures() {
@@ -184,6 +203,7 @@ function selectFeature(f) {
   const c = numFeatures();
   if (!Number.isInteger(f) || f < 0 || f >= c) return;
   state.feature = f;
+  remember();
   renderSession();
 }
 
@@ -396,7 +416,11 @@ async function start() {
     $("live").textContent = `Live: polling every ${state.config.poll_ms / 1000} s`;
     showAlert("");
     const m = /session=([^&]+)/.exec(location.hash);
-    if (m && !state.sid) await selectSession(decodeURIComponent(m[1]));
+    if (m && !state.sid) {
+      await selectSession(decodeURIComponent(m[1]));
+      const f = /feature=(\d+)/.exec(location.hash);
+      if (f) selectFeature(Number(f[1]));
+    }
   } catch (err) {
     reportError(err);
   }

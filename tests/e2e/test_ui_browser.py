@@ -190,3 +190,40 @@ def _check_dashboard(api: httpx.Client, chromium: str, ui_server: Server, tmp_pa
     for url in requests:
         u = urlsplit(url)
         assert (u.scheme, u.hostname, u.port) == ("http", "127.0.0.1", origin.port), url
+
+
+def test_with_keys_the_dashboard_asks_for_one_and_sends_it(chromium: str, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    key = "dashboard-test-key"
+    server = Server(
+        f"sqlite:///{tmp_path / 'bn.db'}",
+        log=tmp_path / "server.log",
+        env={"BNAAS_API_KEYS": key, "BNAAS_UI_POLL_MS": "300"},
+    ).start()
+    try:
+        with httpx.Client(base_url=server.url, headers={"X-API-Key": key}) as api:
+            sid = api.post("/v1/sessions", json={"num_features": 2, "name": "mine"}).json()["id"]
+        console: list[str] = []
+        keys_sent: dict[str, str | None] = {}
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+                page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+                page.on("request", lambda r: keys_sent.update({r.url: r.headers.get("x-api-key")}))
+                page.goto(f"{server.url}/ui")
+                page.wait_for_selector("#key-form:not([hidden])")
+                assert page.locator(f'button[data-session-id="{sid}"]').count() == 0
+                page.fill("#api-key", key)
+                page.click("#key-form button[type=submit]")
+                page.wait_for_selector(f'button[data-session-id="{sid}"]')
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+    api_calls = {url: sent for url, sent in keys_sent.items() if "/v1/" in url}
+    assert api_calls
+    assert set(api_calls.values()) == {key}
+    assert [m for m in console if m.startswith(("error", "pageerror"))] == []

@@ -274,3 +274,13 @@ def test_the_grafana_dashboard_queries_only_metrics_the_service_exports(
     assert exprs
     used = {name for e in exprs for name in re.findall(r"\bbnaas_[a-z_]+", e)}
     assert used - exported == set()
+
+
+def test_a_multiproc_dir_set_after_prometheus_was_imported_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This process imported prometheus_client without the variable: its values are per
+    # process, so pretending to aggregate would report one worker's counts.
+    monkeypatch.setenv(ENV, str(tmp_path))
+    with pytest.raises(RuntimeError, match="set after prometheus_client was imported"):
+        Metrics()
