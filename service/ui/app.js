@@ -236,7 +236,9 @@ function renderSession() {
   renderDensity(data);
   renderTrajectories(data);
   $("bn-plot-data").textContent = JSON.stringify(data);
+  // What is on screen, for tests and scripts to wait on (CSP forbids evaluating strings).
   document.body.dataset.renderedVersion = String(s.version);
+  document.body.dataset.renderedFeature = String(state.feature);
 }
 
 function renderPicker(data) {
@@ -416,9 +418,9 @@ async function start() {
     $("live").textContent = `Live: polling every ${state.config.poll_ms / 1000} s`;
     showAlert("");
     const m = /session=([^&]+)/.exec(location.hash);
+    const f = /feature=(\d+)/.exec(location.hash);
     if (m && !state.sid) {
       await selectSession(decodeURIComponent(m[1]));
-      const f = /feature=(\d+)/.exec(location.hash);
       if (f) selectFeature(Number(f[1]));
     }
   } catch (err) {

@@ -159,10 +159,7 @@ def _check_dashboard(api: httpx.Client, chromium: str, ui_server: Server, tmp_pa
             other = (f + 1) % C
             page.fill("#feature-input", str(other))
             page.press("#feature-input", "Enter")
-            page.wait_for_function(
-                f"JSON.parse(document.getElementById('bn-plot-data').textContent)"
-                f".feature === {other}"
-            )
+            page.wait_for_selector(f'body[data-rendered-feature="{other}"]')
             shown = json.loads(page.locator("#bn-plot-data").text_content() or "{}")
             running = next(c for c in shown["curves"] if c["name"] == "running")
             _check_curve(running, stats["running_mean"][other], stats["running_var"][other], eps)
