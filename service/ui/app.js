@@ -220,6 +220,12 @@ function renderSession() {
     ["momentum", cfg.momentum === null ? "cumulative" : cfg.momentum], ["eps", cfg.eps],
     ["convention", cfg.convention || "torch"], ["population", s.population_count],
   ];
+  const versions = [...state.history.keys()];
+  if (versions.length) {
+    const last = state.history.get(Math.max(...versions));
+    facts.push(["last fit", last.time.replace("T", " ").replace(/\.\d+/, "")]);
+    if (last.flags && last.flags.length) facts.push(["flagged", last.flags.join(", ")]);
+  }
   $("session-facts").replaceChildren(...facts.flatMap(([k, v]) => {
     const dt = document.createElement("dt");
     dt.textContent = k;

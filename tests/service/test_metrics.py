@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -284,3 +286,24 @@ def test_a_multiproc_dir_set_after_prometheus_was_imported_is_refused(
     monkeypatch.setenv(ENV, str(tmp_path))
     with pytest.raises(RuntimeError, match="set after prometheus_client was imported"):
         Metrics()
+
+
+def test_in_multiprocess_mode_two_processes_add_up_and_the_newest_drift_wins(
+    tmp_path: Path,
+) -> None:
+    # Each run is a fresh interpreter, as a worker is: the variable is set before the import.
+    script = (
+        "import sys; from service.metrics import Metrics; m = Metrics(drift_sessions=1); "
+        "m.observe_op('fit', 10); "
+        "m.observe_drift(sys.argv[1], {'max_kl': float(sys.argv[2])}); "
+        "sys.stdout.write(m.exposition().decode())"
+    )
+    env = {**os.environ, ENV: str(tmp_path)}
+    for sid, kl in (("s1", "1.0"), ("s1", "2.0"), ("s2", "3.0")):
+        out = subprocess.run(
+            [sys.executable, "-c", script, sid, kl], env=env, capture_output=True, check=True
+        ).stdout.decode()
+    assert total(out, "bnaas_operations_total", op="fit") == 3
+    assert total(out, "bnaas_values_total", op="fit") == 30
+    assert samples(out, "bnaas_drift") == {(("measure", "max_kl"), ("session_id", "s1")): 2.0}
+    assert total(out, "bnaas_drift_sessions_dropped_total") == 1
