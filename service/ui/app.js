@@ -226,12 +226,14 @@ function renderSession() {
     facts.push(["last fit", last.time.replace("T", " ").replace(/\.\d+/, "")]);
     if (last.flags && last.flags.length) facts.push(["flagged", last.flags.join(", ")]);
   }
-  $("session-facts").replaceChildren(...facts.flatMap(([k, v]) => {
+  $("session-facts").replaceChildren(...facts.map(([k, v]) => {
+    const pair = document.createElement("div");
     const dt = document.createElement("dt");
     dt.textContent = k;
     const dd = document.createElement("dd");
     dd.textContent = String(v);
-    return [dt, dd];
+    pair.append(dt, dd);
+    return pair;
   }));
   $("history-note").textContent = state.historyNote;
   const data = {
