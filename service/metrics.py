@@ -83,13 +83,16 @@ class _Admission:
         if self.path is None:
             admitted = len(self.known) < self.limit
         else:
-            with open(self.path, "a+", encoding="ascii") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
-                f.seek(0)
-                ids = set(f.read().split())
-                admitted = session_id in ids or len(ids) < self.limit
-                if admitted and session_id not in ids:
-                    f.write(session_id + "\n")
+            try:
+                with open(self.path, "a+", encoding="ascii") as f:
+                    fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+                    f.seek(0)
+                    ids = set(f.read().split())
+                    admitted = session_id in ids or len(ids) < self.limit
+                    if admitted and session_id not in ids:
+                        f.write(session_id + "\n")
+            except OSError:  # the directory went away: no gauge rather than a failed fit
+                return False
             # Once full the file's set is final: keep all of it and never read it again.
             self.known |= ids
         if admitted:
