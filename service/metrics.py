@@ -200,19 +200,6 @@ class Metrics:
         for flag in flags:
             self.flags.labels(flag).inc()
 
-    # The commit loop's callback protocol (service/commit.py) by its event names.
-    def committed(self) -> None:
-        self.observe_commit("committed")
-
-    def conflict(self) -> None:
-        self.observe_commit("conflict")
-
-    def duplicate(self) -> None:
-        self.observe_commit("duplicate")
-
-    def retry(self) -> None:
-        self.observe_retry()
-
     # --- exposition ---
 
     def exposition(self) -> bytes:

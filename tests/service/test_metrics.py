@@ -114,11 +114,9 @@ def test_two_apps_in_one_process_keep_their_own_counts() -> None:
 
 def test_commit_events_count_by_outcome_retries_and_replays() -> None:
     m = Metrics()
-    m.committed()
-    m.observe_commit("committed")
-    m.conflict()
-    m.duplicate()
-    m.retry()
+    for outcome in ("committed", "committed", "conflict", "duplicate"):
+        m.observe_commit(outcome)
+    m.observe_retry()
     m.observe_replay()
     text = m.exposition().decode()
     assert total(text, "bnaas_commits_total", outcome="committed") == 2
@@ -261,7 +259,7 @@ def test_the_grafana_dashboard_queries_only_metrics_the_service_exports(
     m: Metrics = app_client.app.state.metrics  # type: ignore[attr-defined]
     m.observe_drift("s1", SUMMARY)
     m.observe_flags(["kl"])
-    m.retry()
+    m.observe_retry()
     m.observe_replay()
     m.drift_dropped.inc()
     app_client.get("/healthz")
