@@ -15,7 +15,7 @@ from service.commit import Commits
 from service.limits import BodyLimit
 from service.malloc import keep_freed_memory
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import compute, history, merge, probes, sessions, stats, v2
+from service.routes import compute, history, merge, probes, sessions, stats, ui, v2
 from service.settings import Settings
 from service.stores import open_store, store_options
 
@@ -51,11 +51,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = open_store(settings.store, store_options(settings), backend.xp)
         app.state.backend = backend
         app.state.store = store
-        # Commit outcomes go to the metrics once they count them (service/metrics.py).
-        metrics = app.state.metrics
-        events = metrics if hasattr(metrics, "observe_commit") else None
         app.state.commits = Commits(
-            events, retries=settings.commit_retries, timeout_s=settings.store_timeout_s * 2
+            app.state.metrics,  # counts commit outcomes, retries and replays
+            retries=settings.commit_retries,
+            timeout_s=settings.store_timeout_s * 2,
         )
         try:
             yield
@@ -69,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Durable BatchNorm sessions: fit running statistics, transform, export.",
     )
     app.state.settings = settings
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(settings.metrics_drift_sessions)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # Outside BodyLimit: a caller without a key learns nothing, not even the body limit.
@@ -77,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (probes, sessions, compute, stats, history, merge, v2):
         app.include_router(module.router)
+    if settings.ui_enabled:
+        app.include_router(ui.router)
     _complete_openapi(app)
     return app
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from service import server
+from service.metrics_dir import multiprocess_dir
 from service.settings import Settings
 from service.stores import check_url
 
@@ -60,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_url(settings.store, settings.workers)  # memory:// refuses several workers
     except (ValidationError, ValueError) as exc:
         parser.error(str(exc))  # before any worker starts (uvicorn would restart them forever)
-    server.run(settings, app=args.app)
+    # Before any app import: the workers' metrics go to one fresh shared directory.
+    with multiprocess_dir(settings.metrics_dir):
+        server.run(settings, app=args.app)
     return 0
 
 

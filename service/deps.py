@@ -19,6 +19,7 @@ from bncore import Backend
 from service.codecs import decompress
 from service.commit import Commits
 from service.errors import MalformedBody, Unauthorized
+from service.metrics import Metrics
 from service.settings import Settings
 from service.stores import Store
 from service.stores.base import Idempotency, IfMatch
@@ -71,6 +72,14 @@ CommitsDep = Annotated[Commits, Depends(get_commits)]
 RawStoreDep = Annotated[Store, Depends(get_raw_store)]
 StoreDep = Annotated[Store, Depends(get_store)]
 BackendDep = Annotated[Backend, Depends(get_backend)]
+
+
+async def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 @dataclass(frozen=True)

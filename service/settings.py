@@ -127,3 +127,20 @@ class Settings(BaseSettings):
     )
 
     # --- observability: metrics and dashboard ---
+    metrics_dir: str = Field(
+        "",
+        description="parent of the Prometheus multiprocess directory that `bnaas serve` makes "
+        "fresh at each start and removes at exit (empty: the system temp directory); an "
+        "explicit PROMETHEUS_MULTIPROC_DIR is used as is (emptied at start)",
+    )
+    metrics_drift_sessions: int = Field(
+        100,
+        ge=0,
+        le=100_000,
+        description="at most this many sessions (those with drift_metrics, first come, "
+        "process-wide) get drift gauges; bounds the label cardinality",
+    )
+    ui_enabled: bool = Field(True, description="serve the dashboard at /ui")
+    ui_poll_ms: int = Field(
+        2000, ge=200, le=600_000, description="how often the dashboard polls for new fits"
+    )

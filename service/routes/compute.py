@@ -33,12 +33,14 @@ from service.deps import (
     CommitsDep,
     IdempotencyDep,
     IfMatchDep,
+    MetricsDep,
     SettingsDep,
     StoreDep,
 )
 from service.errors import MalformedBody
+from service.metrics import Metrics
 from service.routes.openapi import PROBLEMS, headers, multi_body, tensor_body, tensor_response
-from service.stores.base import Replay
+from service.stores.base import Replay, Session
 from service.views import etag, json_replay, to_response
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["compute"])
@@ -65,13 +67,16 @@ def _b64(values: Any) -> str:
         "The normalized batch, same shape and dtype", {"ETag": "session version"}
     ),
 )
-def transform(session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep) -> Response:
+def transform(
+    session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep, metrics: MetricsDep
+) -> Response:
     """Inference mode: never changes the session."""
     media = content_type(body.content_type, TENSOR_TYPES)
     answer = negotiate(body.accept, media, TENSOR_TYPES)
     session = store.read(session_id)
     x = decode_tensor(body.data, media, session.state.config.dtype)
     y = bncore.transform(session.state, backend.asarray(x))
+    metrics.observe_op("transform", x.size)
     headers = {"ETag": etag(session.version), "Vary": "Accept"}
     return to_response(_tensor_replay(answer, y, headers, {}))
 
@@ -105,6 +110,7 @@ def fit(
     settings: SettingsDep,
     if_match: IfMatchDep,
     idem: IdempotencyDep,
+    metrics: MetricsDep,
     output: Annotated[bool, Query(description="return the normalized batch")] = True,
 ) -> Response:
     """Atomic: the batch is applied exactly once, or not at all (with Idempotency-Key, a
@@ -115,8 +121,16 @@ def fit(
     # Every body is converted to the session's dtype (fixed at creation; service/dtypes.py).
     x = backend.asarray(decode_tensor(body.data, media, session.state.config.dtype))
     out = commits.fit(store, session, x, if_match=if_match, idem=idem, output=output)
+    observe_fit(metrics, session, out, x.size)
     max_header = settings.stats_header_max_features
     return to_response(_fit_answer(out, answer, max_header), replayed=out.replayed)
+
+
+def observe_fit(metrics: Metrics, session: Session, out: FitOutcome, values: int) -> None:
+    """Count a fit that was applied now (a replay applies nothing), with its drift."""
+    if not out.replayed:
+        rec, cfg = out.record, session.state.config
+        metrics.observe_fit(session.id, values, rec.summary, rec.flags, cfg.drift_metrics)
 
 
 def _fit_answer(out: FitOutcome, answer: str, max_header_features: int) -> Replay:
@@ -170,6 +184,7 @@ def backward(
     backend: BackendDep,
     if_match: IfMatchDep,
     idem: IdempotencyDep,
+    metrics: MetricsDep,
     mode: Annotated[
         Literal["train", "eval"], Query(description="train: through batch statistics")
     ] = "train",
@@ -184,6 +199,7 @@ def backward(
     train = mode == "train"
     if lr is None:
         grads = bncore.backward(session.state, x, g, train=train)[1]
+        metrics.observe_op("backward", x.size)
         return to_response(_gradients(answer, grads, session.version))
     found: list[bncore.Gradients] = []
 
@@ -197,6 +213,8 @@ def backward(
     out = commits.change(store, session, step, if_match=if_match, idem=idem)
     if out.replayed:  # recomputed from the state the first request was applied to
         found[:] = [bncore.backward(out.before, x, g, train=train)[1]]
+    else:
+        metrics.observe_op("backward", x.size)
     return to_response(_gradients(answer, found[0], out.version), replayed=out.replayed)
 
 
@@ -233,6 +251,7 @@ def fold(
     body: BodyDep,
     store: StoreDep,
     backend: BackendDep,
+    metrics: MetricsDep,
     transposed: Annotated[
         bool, Query(description="ConvTranspose weight (in, out/groups, ...)")
     ] = False,
@@ -255,6 +274,7 @@ def fold(
         transposed=transposed,
         groups=groups,
     )
+    metrics.observe_op("fold", w.size)
     headers = {"ETag": etag(session.version), "Vary": "Accept"}
     if answer == SAFETENSORS:
         return to_response(

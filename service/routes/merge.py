@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import bncore
 from service.codecs import parse_json
-from service.deps import BodyDep, CommitsDep, IdempotencyDep, IfMatchDep, StoreDep
+from service.deps import BodyDep, CommitsDep, IdempotencyDep, IfMatchDep, MetricsDep, StoreDep
 from service.errors import MalformedBody
 from service.routes.openapi import PROBLEMS, headers
 from service.routes.stats import export_json, inline_schema
@@ -69,6 +69,7 @@ def merge(
     commits: CommitsDep,
     if_match: IfMatchDep,
     idem: IdempotencyDep,
+    metrics: MetricsDep,
 ) -> Any:
     doc = parse_json(body.data)
     source = doc.get("from_session") if isinstance(doc, dict) else None
@@ -91,6 +92,8 @@ def merge(
 
     out = commits.change(store, store.read(session_id), change, if_match=if_match, idem=idem)
     merged = change(out.before) if out.replayed else out.session.state
+    if not out.replayed:
+        metrics.observe_op("merge", merged.config.num_features)
     answer = {"population": export_json(merged)["population"], "version": out.version}
     return to_response(
         json_replay(answer, headers={"ETag": etag(out.version)}), replayed=out.replayed

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from bncore import kernels
 from service.deps import BackendDep, RawStoreDep
 from service.errors import StoreUnavailable
+from service.metrics import CONTENT_TYPE_LATEST, Metrics
 from service.views import json_replay, to_response
 
 router = APIRouter(tags=["probes"])
@@ -35,8 +35,7 @@ def readyz(store: RawStoreDep, backend: BackendDep) -> Response:
     return to_response(json_replay(doc))
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics: process-wide totals over all workers")
 def metrics(request: Request) -> Response:
-    return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -15,10 +15,12 @@ from service.deps import (
     BodyDep,
     CommitsDep,
     IdempotencyDep,
+    MetricsDep,
     RawStoreDep,
     StoreDep,
 )
 from service.errors import ServiceError, StoreUnavailable
+from service.routes.compute import observe_fit
 from service.routes.openapi import headers
 from service.stores.base import Replay, Session
 from service.v2codec import INPUT, OUTPUT, InferRequest, datatype, decode_infer, encode_infer
@@ -117,6 +119,7 @@ def infer(
     commits: CommitsDep,
     backend: BackendDep,
     idem: IdempotencyDep,
+    metrics: MetricsDep,
     version: str | None = None,
 ) -> Response:
     _check_version(session_id, version)
@@ -128,8 +131,10 @@ def infer(
     )
     if req.mode == "transform":
         y = bncore.transform(session.state, backend.asarray(req.x))
+        metrics.observe_op("transform", req.x.size)
         return _answer(session_id, req, y, {"mode": "transform"})
     out = commits.fit(store, session, backend.asarray(req.x), idem=idem)
+    observe_fit(metrics, session, out, req.x.size)
     assert out.output is not None
     params = {"mode": "fit", "num_batches_tracked": out.record.num_batches_tracked}
     data, headers, media = encode_infer(session_id, req, bncore.to_host(out.output), params)
