@@ -13,29 +13,9 @@ from service import __version__, errors
 from service.limits import BodyLimit
 from service.malloc import keep_freed_memory
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import compute, probes, sessions, stats, v2
+from service.routes import compute, docs, openapi, probes, sessions, stats, v2
 from service.settings import Settings
 from service.stores import open_store
-
-_PROBLEM_SCHEMA = {
-    "type": "object",
-    "description": "RFC 9457 problem details; `error` repeats `detail` for V2 clients",
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "instance": {"type": "string"},
-        "error": {"type": "string"},
-    },
-}
-
-
-# Only enforced when BNAAS_API_KEYS is set; either scheme carries the key.
-_SECURITY = {
-    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
-    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -59,31 +39,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         description="Durable BatchNorm sessions: fit running statistics, transform, export.",
+        docs_url=None,  # served by routes/docs.py from local assets, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for module in (probes, sessions, compute, stats, v2):
+    for module in (probes, sessions, compute, stats, v2, docs):
         app.include_router(module.router)
-    _complete_openapi(app)
+    _complete_openapi(app, keyed=bool(settings.key_list()))
     return app
 
 
-def _complete_openapi(app: FastAPI) -> None:
+def _complete_openapi(app: FastAPI, keyed: bool) -> None:
+    """Routes answer raw ``Response`` objects, so FastAPI knows their parameters but not their
+    bodies: ``routes/openapi.py`` documents those (and security, from the settings)."""
     build = app.openapi
 
-    def openapi() -> dict[str, Any]:
+    def complete() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = build()
-            components = schema.setdefault("components", {})
-            components.setdefault("schemas", {})["Problem"] = _PROBLEM_SCHEMA
-            components["securitySchemes"] = _SECURITY
-            app.openapi_schema = schema
+            app.openapi_schema = openapi.complete(build(), keyed)
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = complete  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:
