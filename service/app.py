@@ -6,7 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.routing import Match
 
 import bncore
 from service import __version__, errors
@@ -50,7 +53,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (probes, sessions, compute, stats, v2, docs):
         app.include_router(module.router)
     _complete_openapi(app, keyed=bool(settings.key_list()))
+    _allow_every_method(app)
     return app
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allow_every_method(app: FastAPI) -> None:
+    """Starlette's 405 names the methods of the first route whose path matches; a path that
+    several routes serve (GET and POST /v1/sessions) must list them all in ``Allow``."""
+    answer = app.exception_handlers[HTTPException]
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        response: Response = answer(request, exc)
+        allowed = [
+            method
+            for method in _METHODS
+            if any(
+                route.matches({**request.scope, "method": method})[0] == Match.FULL
+                for route in app.router.routes
+            )
+        ]
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    app.add_exception_handler(405, method_not_allowed)
 
 
 def _complete_openapi(app: FastAPI, keyed: bool) -> None:

@@ -23,6 +23,11 @@ Values = Annotated[
 DType = Literal["float16", "float32", "float64"]
 
 
+def _absent(schema: dict[str, Any]) -> None:
+    """An optional member that may be left out but not sent as null: no ``default: null``."""
+    schema.pop("default", None)
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details; ``error`` repeats ``detail`` for V2 clients. Some problems
     add members (``errors`` for validation, ``channels`` for non-finite input)."""
@@ -46,7 +51,7 @@ class TensorIn(BaseModel):
     shape: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="the shape of a flat `data` list"
     )
-    dtype: DType | None = None
+    dtype: DType = Field(None, json_schema_extra=_absent)
 
 
 class BackwardIn(BaseModel):
@@ -55,15 +60,15 @@ class BackwardIn(BaseModel):
     data: Nested
     grad_output: Nested
     shape: list[Annotated[int, Field(ge=0)]] | None = None
-    dtype: DType | None = None
+    dtype: DType = Field(None, json_schema_extra=_absent)
 
 
 class FoldIn(BaseModel):
     """The preceding layer: ``weight`` with output channels first, optional ``bias`` (C,)."""
 
     weight: Nested
-    bias: Values | None = None
-    dtype: DType | None = None
+    bias: Values = Field(None, json_schema_extra=_absent)
+    dtype: DType = Field(None, json_schema_extra=_absent)
 
 
 class MergeIn(BaseModel):
@@ -303,8 +308,10 @@ class V2InputTensor(BaseModel):
     name: Literal["INPUT"]
     datatype: Literal["FP16", "FP32", "FP64"]
     shape: list[Annotated[int, Field(ge=0)]]
-    data: list[float | None] | None = Field(
-        None, description="flat, row-major; absent when parameters.binary_data_size is given"
+    data: list[float | None] = Field(
+        None,
+        description="flat, row-major; absent when parameters.binary_data_size is given",
+        json_schema_extra=_absent,
     )
     parameters: V2Parameters | None = None
 

@@ -32,15 +32,18 @@ _NPY = _binary("one .npy file (v1/v2, little-endian, C order, no pickle)")
 _SAFETENSORS = _binary("a safetensors file")
 
 # Request headers the dependencies read (they are not FastAPI ``Header`` parameters).
+# Request headers the dependencies read (they are not FastAPI ``Header`` parameters). The
+# patterns say exactly what ``service/deps.py`` accepts: schemathesis checks both directions.
 _HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
     "If-Match": (
         'Apply only if the session is at this version (its ETag, e.g. "3"); else 412',
-        {"type": "string", "pattern": r'^(\*|(W/)?"[0-9]{1,18}")$', "examples": ['"3"']},
+        {"type": "string", "pattern": r'^(\*|(W/)?"*[0-9]+"*)$', "examples": ['"3"']},
     ),
     "Idempotency-Key": (
-        "A retry with the same key returns the first answer and changes nothing; "
-        "the same key with another body is 422. Use a fresh key (a UUID) per change",
-        {"type": "string", "pattern": r"^[A-Za-z0-9._~:+/=-]{1,255}$"},
+        "A retry with the same key returns the first answer and changes nothing; the same key "
+        "with another body is 422. 1 to 255 characters (surrounding quotes are not part of "
+        "it); use a fresh one, such as a UUID, per change",
+        {"type": "string", "pattern": r'^"*[^"](.{0,253}[^"])?"*$'},
     ),
     "Inference-Header-Content-Length": (
         "With binary tensor data (application/octet-stream): the byte length of the JSON "
@@ -71,7 +74,11 @@ def _header_param(name: str) -> dict[str, Any]:
 
 def tensor_body(description: str) -> dict[str, Any]:
     """``openapi_extra`` for a route that reads one tensor as JSON or .npy."""
-    return {"requestBody": _body(description, {"application/json": _json("TensorIn"), NPY: _NPY})}
+    return {"requestBody": _body(description, {"application/json": _TENSOR_IN, NPY: _NPY})}
+
+
+# {"data": ..., "shape": ..., "dtype": ...}, or the nested lists alone
+_TENSOR_IN = {"schema": {"anyOf": [ref("TensorIn"), ref("Nested")]}}
 
 
 def multi_body(description: str, members: dict[str, str]) -> dict[str, Any]:
@@ -271,6 +278,10 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             )
         },
         errors=_TENSOR,
+        body=_body(
+            "A batch (N, C, ...) or channels-last, JSON or .npy",
+            {"application/json": _TENSOR_IN, NPY: _NPY},
+        ),
     ),
     ("post", f"{_SESSION_V}/fit"): Op(
         ok={
@@ -282,6 +293,10 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             )
         },
         errors=_CHANGE,
+        body=_body(
+            "A batch with more than one value per channel, JSON or .npy",
+            {"application/json": _TENSOR_IN, NPY: _NPY},
+        ),
     ),
     ("post", f"{_SESSION_V}/backward"): Op(
         ok={
@@ -392,7 +407,24 @@ def complete(spec: dict[str, Any], keyed: bool) -> dict[str, Any]:
         _normalize_headers(op)
     for unused in ("HTTPValidationError", "ValidationError"):
         found.pop(unused, None)
+    _link_new_sessions(spec)
     return spec
+
+
+def _link_new_sessions(spec: dict[str, Any]) -> None:
+    """OpenAPI links from a created session to every operation on it (clients and
+    schemathesis' stateful tests follow them)."""
+    create = spec["paths"].get("/v1/sessions", {}).get("post")
+    if create is None or "201" not in create["responses"]:
+        return
+    links = {}
+    for path, _, op in _operations(spec):
+        if "{session_id}" in path and "operationId" in op:
+            links[op["operationId"]] = {
+                "operationId": op["operationId"],
+                "parameters": {"session_id": "$response.body#/id"},
+            }
+    create["responses"]["201"]["links"] = links
 
 
 def _operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
