@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -66,7 +67,9 @@ def _allow_every_method(app: FastAPI) -> None:
     answer = app.exception_handlers[HTTPException]
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        response: Response = answer(request, exc)
+        response = answer(request, exc)
+        if inspect.isawaitable(response):
+            response = await response
         allowed = [
             method
             for method in _METHODS

@@ -24,8 +24,12 @@ DType = Literal["float16", "float32", "float64"]
 
 
 def _absent(schema: dict[str, Any]) -> None:
-    """An optional member that may be left out but not sent as null: no ``default: null``."""
+    """An optional member that may be left out but not sent as null (the server reads null
+    as a wrong value, not as absence): no ``default: null``, no null alternative."""
     schema.pop("default", None)
+    kept = [s for s in schema.pop("anyOf", ()) if s != {"type": "null"}]
+    if len(kept) == 1:
+        schema.update(kept[0])
 
 
 class Problem(BaseModel):
@@ -51,7 +55,7 @@ class TensorIn(BaseModel):
     shape: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="the shape of a flat `data` list"
     )
-    dtype: DType = Field(None, json_schema_extra=_absent)
+    dtype: DType | None = Field(None, json_schema_extra=_absent)
 
 
 class BackwardIn(BaseModel):
@@ -60,15 +64,15 @@ class BackwardIn(BaseModel):
     data: Nested
     grad_output: Nested
     shape: list[Annotated[int, Field(ge=0)]] | None = None
-    dtype: DType = Field(None, json_schema_extra=_absent)
+    dtype: DType | None = Field(None, json_schema_extra=_absent)
 
 
 class FoldIn(BaseModel):
     """The preceding layer: ``weight`` with output channels first, optional ``bias`` (C,)."""
 
     weight: Nested
-    bias: Values = Field(None, json_schema_extra=_absent)
-    dtype: DType = Field(None, json_schema_extra=_absent)
+    bias: Values | None = Field(None, json_schema_extra=_absent)
+    dtype: DType | None = Field(None, json_schema_extra=_absent)
 
 
 class MergeIn(BaseModel):
@@ -308,7 +312,7 @@ class V2InputTensor(BaseModel):
     name: Literal["INPUT"]
     datatype: Literal["FP16", "FP32", "FP64"]
     shape: list[Annotated[int, Field(ge=0)]]
-    data: list[float | None] = Field(
+    data: list[float | None] | None = Field(
         None,
         description="flat, row-major; absent when parameters.binary_data_size is given",
         json_schema_extra=_absent,
