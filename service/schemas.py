@@ -252,7 +252,7 @@ class SklearnStats(BaseModel):
     mean_: Values
     var_: Values
     scale_: Values
-    n_samples_seen_: Any = None
+    n_samples_seen_: int | list[float] | None = None
 
 
 # --- probes and V2 --------------------------------------------------------------------------
@@ -342,12 +342,17 @@ class V2OutputTensor(BaseModel):
     parameters: V2Parameters | None = None
 
 
+class V2AnswerParameters(BaseModel):
+    mode: Literal["transform", "fit"]
+    num_batches_tracked: int | None = Field(None, description="after a fit")
+
+
 class V2InferAnswer(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
     outputs: list[V2OutputTensor]
-    parameters: dict[str, Any] = {}
+    parameters: V2AnswerParameters
 
 
 _REQUESTS: tuple[type[BaseModel], ...] = (
@@ -396,6 +401,10 @@ def defs(ref_template: str) -> dict[str, Any]:
         "description": "nested lists of numbers (rank >= 1); null stands for NaN",
         "items": {"anyOf": [{"type": "number"}, {"type": "null"}, {"x-bnaas-ref": "Nested"}]},
     }
+    for model in _ANSWERS:
+        # A default means nothing in an answer, and generators read one as "always present".
+        for prop in found[model.__name__].get("properties", {}).values():
+            prop.pop("default", None)
     _swap(found, ref_template)
     return found
 
