@@ -13,11 +13,11 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 import bncore
-from service import __version__, errors
+from service import __version__, errors, openapi_schema
 from service.limits import BodyLimit
 from service.malloc import keep_freed_memory
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import compute, docs, openapi, probes, sessions, stats, v2
+from service.routes import compute, docs, probes, sessions, stats, v2
 from service.settings import Settings
 from service.stores import open_store
 
@@ -64,7 +64,9 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 def _allow_every_method(app: FastAPI) -> None:
     """Starlette's 405 names the methods of the first route whose path matches; a path that
     several routes serve (GET and POST /v1/sessions) must list them all in ``Allow``."""
-    answer = app.exception_handlers[HTTPException]
+    answer = app.exception_handlers.get(HTTPException)
+    if answer is None:
+        return
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
         response = answer(request, exc)
@@ -91,7 +93,7 @@ def _complete_openapi(app: FastAPI, keyed: bool) -> None:
 
     def complete() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = openapi.complete(build(), keyed)
+            app.openapi_schema = openapi_schema.complete(build(), keyed)
         return app.openapi_schema
 
     app.openapi = complete  # type: ignore[method-assign]

@@ -1,19 +1,16 @@
 """OpenAPI for routes that answer raw ``Response`` objects: what their bodies, headers and
-errors look like, in one table keyed by (method, path template), and ``complete`` that applies
-it to the schema FastAPI generates.
+errors look like, in one table keyed by (method, path template).
 
 Routes keep small decorator hints (``headers``, ``tensor_body``, ...); the table is the truth.
-The body models are in ``service/schemas.py``.
+The body models are in ``service/schemas.py``; ``service/openapi_schema.py`` applies the table
+to the schema FastAPI generates.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
-
-from service import schemas
 
 REF = "#/components/schemas/{model}"
 NPY, SAFETENSORS, ONNX = "application/x-npy", "application/x-safetensors", "application/onnx"
@@ -34,7 +31,7 @@ _SAFETENSORS = _binary("a safetensors file")
 # Request headers the dependencies read (they are not FastAPI ``Header`` parameters).
 # Request headers the dependencies read (they are not FastAPI ``Header`` parameters). The
 # patterns say exactly what ``service/deps.py`` accepts: schemathesis checks both directions.
-_HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
+HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
     "If-Match": (
         'Apply only if the session is at this version (its ETag, e.g. "3"); else 412',
         {"type": "string", "pattern": r'^(\*|(W/)?"*[0-9]+"*)$', "examples": ['"3"']},
@@ -55,11 +52,11 @@ _HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def headers(*names: str) -> dict[str, Any]:
     """``openapi_extra`` documenting request headers the dependencies read from the request."""
-    return {"parameters": [_header_param(n) for n in names]}
+    return {"parameters": [header_param(n) for n in names]}
 
 
-def _header_param(name: str) -> dict[str, Any]:
-    description, schema = _HEADERS[name]
+def header_param(name: str) -> dict[str, Any]:
+    description, schema = HEADERS[name]
     return {
         "name": name,
         "in": "header",
@@ -92,13 +89,13 @@ def _body(description: str, content: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "description": description, "content": content}
 
 
-def _json(model: str, **extra: Any) -> dict[str, Any]:
+def json_body(model: str, **extra: Any) -> dict[str, Any]:
     return {"schema": ref(model), **extra}
 
 
 # --- responses ------------------------------------------------------------------------------
 
-_ERRORS = {
+ERRORS = {
     400: "Malformed request (body, header or parameter)",
     401: "API key missing or not valid",
     404: "Unknown session (or one another API key owns)",
@@ -111,7 +108,7 @@ _ERRORS = {
     "Idempotency-Key reused with another body",
     503: "The session store cannot serve now; retry after Retry-After seconds",
 }
-_ERROR_HEADERS = {
+_ERRORHEADERS = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}}},
     503: {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}},
 }
@@ -120,11 +117,11 @@ _ERROR_HEADERS = {
 def problem(status: int, description: str | None = None) -> dict[str, Any]:
     """An error response: RFC 9457 problem+json."""
     out: dict[str, Any] = {
-        "description": description or _ERRORS[status],
-        "content": {PROBLEM_JSON: _json("Problem")},
+        "description": description or ERRORS[status],
+        "content": {PROBLEM_JSON: json_body("Problem")},
     }
-    if status in _ERROR_HEADERS:
-        out["headers"] = copy.deepcopy(_ERROR_HEADERS[status])
+    if status in _ERRORHEADERS:
+        out["headers"] = copy.deepcopy(_ERRORHEADERS[status])
     return out
 
 
@@ -135,7 +132,7 @@ def tensor_response(
     description: str, headers: dict[str, str] | None = None
 ) -> dict[int | str, Any]:
     """``responses`` for a route that answers one tensor (format by Accept)."""
-    return {200: _ok(description, {"application/json": _json("Tensor"), NPY: _NPY}), **PROBLEMS}
+    return {200: _ok(description, {"application/json": json_body("Tensor"), NPY: _NPY}), **PROBLEMS}
 
 
 def _ok(
@@ -161,7 +158,7 @@ _REPLAYED = ("true when this is the saved answer of an earlier request (Idempote
 
 
 def _json_ok(model: str, description: str, **headers: tuple[str, bool]) -> dict[str, Any]:
-    return _ok(description, {"application/json": _json(model)}, **headers)
+    return _ok(description, {"application/json": json_body(model)}, **headers)
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -190,7 +187,7 @@ class Op:
 
 _SESSION_V = "/v1/sessions/{session_id}"
 _V2_MODEL = "/v2/models/{session_id}"
-_FIT_HEADERS = {
+_FITHEADERS = {
     "ETag": _ETAG,
     "BN_Num_Batches_Tracked": ("num_batches_tracked after the fit", True),
     "BN_Batch_Mean": ("(.npy answers, C <= BNAAS_STATS_HEADER_MAX_FEATURES) base64 <f8", False),
@@ -202,7 +199,7 @@ _INFER = Op(
         200: _ok(
             "The output tensor: JSON, or (binary_data_output) a JSON header followed by the raw "
             "little-endian tensor bytes, its length in Inference-Header-Content-Length",
-            {"application/json": _json("V2InferAnswer"), OCTET: _binary("JSON header + bytes")},
+            {"application/json": json_body("V2InferAnswer"), OCTET: _binary("JSON header + bytes")},
             Inference_Header_Content_Length=("with binary output: the JSON header's length", False),
             Idempotent_Replayed=_REPLAYED,
         )
@@ -213,7 +210,7 @@ _INFER = Op(
         "is given in Inference-Header-Content-Length. parameters.mode is 'transform' (default) "
         "or 'fit'.",
         {
-            "application/json": _json("V2InferRequest"),
+            "application/json": json_body("V2InferRequest"),
             OCTET: _binary("the JSON request header, then the raw little-endian tensor bytes"),
         },
     ),
@@ -230,7 +227,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             200: _json_ok("Ready", "The store answers; which array backend runs"),
             503: _ok(
                 "The store cannot serve (a probe answer, not a problem)",
-                {"application/json": _json("NotReady")},
+                {"application/json": json_body("NotReady")},
                 Retry_After=("seconds", True),
             ),
         },
@@ -273,7 +270,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ok={
             200: _ok(
                 "The normalized batch, same shape and dtype",
-                {"application/json": _json("Tensor"), NPY: _NPY},
+                {"application/json": json_body("Tensor"), NPY: _NPY},
                 ETag=("the session version used", True),
             )
         },
@@ -288,8 +285,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             200: _ok(
                 "The normalized batch with the batch statistics (JSON; with ?output=false only "
                 "the statistics), or the batch as .npy with the statistics in headers",
-                {"application/json": _json("FitAnswer"), NPY: _NPY},
-                **_FIT_HEADERS,
+                {"application/json": json_body("FitAnswer"), NPY: _NPY},
+                **_FITHEADERS,
             )
         },
         errors=_CHANGE,
@@ -303,7 +300,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             200: _ok(
                 "grad_input, grad_weight, grad_bias as JSON, or tensors of those names in a "
                 "safetensors file",
-                {"application/json": _json("BackwardAnswer"), SAFETENSORS: _SAFETENSORS},
+                {"application/json": json_body("BackwardAnswer"), SAFETENSORS: _SAFETENSORS},
                 ETag=_ETAG,
                 Idempotent_Replayed=_REPLAYED,
             )
@@ -311,27 +308,27 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         errors=_CHANGE,
         body=_body(
             "The forward input and dL/dy of the same shape",
-            {"application/json": _json("BackwardIn"), SAFETENSORS: _SAFETENSORS},
+            {"application/json": json_body("BackwardIn"), SAFETENSORS: _SAFETENSORS},
         ),
     ),
     ("post", f"{_SESSION_V}/fold"): Op(
         ok={
             200: _ok(
                 "The folded weight and bias, as JSON or a safetensors file",
-                {"application/json": _json("FoldAnswer"), SAFETENSORS: _SAFETENSORS},
+                {"application/json": json_body("FoldAnswer"), SAFETENSORS: _SAFETENSORS},
                 ETag=("the session version used", True),
             )
         },
         errors=_TENSOR,
         body=_body(
             "The preceding layer's weight (C, ...) and optional bias (C,)",
-            {"application/json": _json("FoldIn"), SAFETENSORS: _SAFETENSORS},
+            {"application/json": json_body("FoldIn"), SAFETENSORS: _SAFETENSORS},
         ),
     ),
     ("post", f"{_SESSION_V}/merge"): Op(
         ok={200: _json_ok("StatsExport", "The statistics after the merge", ETag=_ETAG)},
         errors=_CHANGE,
-        body=_body("Partial population moments", {"application/json": _json("MergeIn")}),
+        body=_body("Partial population moments", {"application/json": json_body("MergeIn")}),
     ),
     ("get", f"{_SESSION_V}/stats"): Op(
         ok={
@@ -381,131 +378,3 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("post", f"{_V2_MODEL}/infer"): replace(_INFER, drop_query=_UNVERSIONED),
     ("post", f"{_V2_MODEL}/versions/{{version}}/infer"): _INFER,
 }
-
-
-# --- applying it ----------------------------------------------------------------------------
-
-_SECURITY_SCHEMES = {
-    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
-    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-}
-
-
-def complete(spec: dict[str, Any], keyed: bool) -> dict[str, Any]:
-    """Apply the table to FastAPI's schema. ``keyed``: API keys are configured, so operations
-    that take one say so (and may answer 401)."""
-    comp = spec.setdefault("components", {})
-    found = comp.setdefault("schemas", {})
-    found.update(schemas.defs(REF))
-    comp["securitySchemes"] = _SECURITY_SCHEMES
-    for path, method, op in _operations(spec):
-        doc = OPERATIONS.get((method, path))
-        _hoist_defs(op, found)
-        _problem_errors(op)
-        if doc is not None:
-            _apply(op, doc, keyed)
-        _normalize_headers(op)
-    for unused in ("HTTPValidationError", "ValidationError"):
-        found.pop(unused, None)
-    _link_new_sessions(spec)
-    return spec
-
-
-def _link_new_sessions(spec: dict[str, Any]) -> None:
-    """OpenAPI links from a created session to every operation on it (clients and
-    schemathesis' stateful tests follow them)."""
-    create = spec["paths"].get("/v1/sessions", {}).get("post")
-    if create is None or "201" not in create["responses"]:
-        return
-    links = {}
-    for path, _, op in _operations(spec):
-        if "{session_id}" in path and "operationId" in op:
-            links[op["operationId"]] = {
-                "operationId": op["operationId"],
-                "parameters": {"session_id": "$response.body#/id"},
-            }
-    create["responses"]["201"]["links"] = links
-
-
-def _operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    for path, item in spec.get("paths", {}).items():
-        for method, op in item.items():
-            if method in ("get", "put", "post", "delete", "patch", "head", "options"):
-                yield path, method, op
-
-
-def _apply(op: dict[str, Any], doc: Op, keyed: bool) -> None:
-    if doc.body is not None:
-        op["requestBody"] = copy.deepcopy(doc.body)
-    responses = {str(s): copy.deepcopy(r) for s, r in doc.ok.items()}
-    errors = set(doc.errors) | ({401} if keyed and doc.keyed else set())
-    for status in sorted(errors):
-        responses.setdefault(str(status), problem(status))
-    op["responses"] = responses
-    params = op.setdefault("parameters", [])
-    present = {p["name"] for p in params}
-    params.extend(_header_param(n) for n in doc.headers if n not in present)
-    for name in doc.drop_query:
-        params[:] = [p for p in params if not (p["in"] == "query" and p["name"] == name)]
-    if not params:
-        del op["parameters"]
-    if keyed and doc.keyed:
-        op["security"] = [{"bearer": []}, {"apiKey": []}]
-    else:
-        op.pop("security", None)
-
-
-def _problem_errors(op: dict[str, Any]) -> None:
-    """FastAPI documents its validation errors as JSON; this service answers problem+json."""
-    for status, response in op.get("responses", {}).items():
-        if str(status)[0] in "45":
-            response["content"] = {PROBLEM_JSON: _json("Problem")}
-            if status == "422":
-                response["description"] = _ERRORS[422]
-
-
-def _normalize_headers(op: dict[str, Any]) -> None:
-    for p in op.get("parameters", ()):
-        if p.get("in") == "header" and p["name"] in _HEADERS:
-            p.update(_header_param(p["name"]))
-
-
-def _hoist_defs(node: Any, found: dict[str, Any]) -> None:
-    """Move ``$defs`` that a route's own ``model_json_schema()`` left in place into
-    ``components/schemas`` and point their ``#/$defs/`` references there, renaming on clash."""
-    if isinstance(node, list):
-        for item in node:
-            _hoist_defs(item, found)
-        return
-    if not isinstance(node, dict):
-        return
-    defs = node.pop("$defs", None)
-    if isinstance(defs, dict):
-        names: dict[str, str] = {}
-        for name, schema in defs.items():
-            same = copy.deepcopy(schema)
-            _rewrite_refs(same, {})
-            target, n = name, 1
-            while target in found and found[target] != same:
-                n += 1
-                target = f"{name}{n}"
-            names[name] = target
-        _rewrite_refs(node, names)
-        for name, schema in defs.items():
-            _rewrite_refs(schema, names)
-            found.setdefault(names[name], schema)
-    for value in node.values():
-        _hoist_defs(value, found)
-
-
-def _rewrite_refs(node: Any, names: dict[str, str]) -> None:
-    if isinstance(node, list):
-        for item in node:
-            _rewrite_refs(item, names)
-    elif isinstance(node, dict):
-        target = node.get("$ref")
-        if isinstance(target, str) and target.startswith("#/$defs/"):
-            name = target.removeprefix("#/$defs/")
-            node["$ref"] = REF.format(model=names.get(name, name))
-        for value in node.values():
-            _rewrite_refs(value, names)

@@ -12,7 +12,8 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from service.app import create_app
-from service.routes.openapi import OPERATIONS, complete
+from service.openapi_schema import complete
+from service.routes.openapi import OPERATIONS
 from service.settings import Settings
 
 METHODS = ("get", "put", "post", "delete", "patch")
