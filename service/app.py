@@ -13,11 +13,11 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 import bncore
-from service import __version__, errors, openapi_schema
+from service import __version__, errors
 from service.limits import BodyLimit
 from service.malloc import keep_freed_memory
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import compute, docs, probes, sessions, stats, v2
+from service.routes import compute, docs, openapi_schema, probes, sessions, stats, v2
 from service.settings import Settings
 from service.stores import open_store
 
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (probes, sessions, compute, stats, v2, docs):
         app.include_router(module.router)
-    _complete_openapi(app, keyed=bool(settings.key_list()))
+    _complete_openapi(app)
     _allow_every_method(app)
     return app
 
@@ -86,10 +86,11 @@ def _allow_every_method(app: FastAPI) -> None:
     app.add_exception_handler(405, method_not_allowed)
 
 
-def _complete_openapi(app: FastAPI, keyed: bool) -> None:
+def _complete_openapi(app: FastAPI) -> None:
     """Routes answer raw ``Response`` objects, so FastAPI knows their parameters but not their
     bodies: ``routes/openapi.py`` documents those (and security, from the settings)."""
     build = app.openapi
+    keyed = bool(app.state.settings.key_list())
 
     def complete() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -2,7 +2,7 @@
 errors look like, in one table keyed by (method, path template).
 
 Routes keep small decorator hints (``headers``, ``tensor_body``, ...); the table is the truth.
-The body models are in ``service/schemas.py``; ``service/openapi_schema.py`` applies the table
+The body models are in ``service/schemas.py``; ``routes/openapi_schema.py`` applies the table
 to the schema FastAPI generates.
 """
 

@@ -12,8 +12,8 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from service.app import create_app
-from service.openapi_schema import complete
 from service.routes.openapi import OPERATIONS
+from service.routes.openapi_schema import complete
 from service.settings import Settings
 
 METHODS = ("get", "put", "post", "delete", "patch")
