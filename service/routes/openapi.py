@@ -28,13 +28,17 @@ def _binary(description: str) -> dict[str, Any]:
 _NPY = _binary("one .npy file (v1/v2, little-endian, C order, no pickle)")
 _SAFETENSORS = _binary("a safetensors file")
 
-# Request headers the dependencies read (they are not FastAPI ``Header`` parameters).
+# If-Match as deps.parse_if_match reads it: *, or ETags of 1 to 18 digits (below 2^63).
+_ETAG_RE = r'(W/)?("[0-9]{1,18}"|[0-9]{1,18})'
+_IF_MATCH = rf"^(\*|{_ETAG_RE}([ \t]*,[ \t]*{_ETAG_RE})*)$"
+
 # Request headers the dependencies read (they are not FastAPI ``Header`` parameters). The
 # patterns say exactly what ``service/deps.py`` accepts: schemathesis checks both directions.
 HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
     "If-Match": (
-        'Apply only if the session is at this version (its ETag, e.g. "3"); else 412',
-        {"type": "string", "pattern": r'^(\*|(W/)?"*[0-9]+"*)$', "examples": ['"3"']},
+        'Apply only if the session is at one of these versions (ETags: "3", or a list "3", '
+        '"4"); else 412. * or absent: any version',
+        {"type": "string", "pattern": _IF_MATCH, "examples": ['"3"']},
     ),
     "Idempotency-Key": (
         "A retry with the same key returns the first answer and changes nothing; the same key "
