@@ -75,17 +75,6 @@ class FoldIn(BaseModel):
     dtype: DType | None = Field(None, json_schema_extra=_absent)
 
 
-class MergeIn(BaseModel):
-    """Partial population moments, per channel: ``count``, ``mean`` and ``m2`` (or the biased
-    ``var``); or another session's moments with ``from_session``."""
-
-    count: list[float] | None = None
-    mean: list[float] | None = None
-    m2: list[float] | None = None
-    var: list[float] | None = None
-    from_session: str | None = None
-
-
 # --- sessions -------------------------------------------------------------------------------
 
 
@@ -183,9 +172,28 @@ class FoldAnswer(BaseModel):
 class PopulationMoments(BaseModel):
     """Exact population moments over every fitted sample (float64, Chan's merge)."""
 
-    count: list[float]
+    count: Values
     mean: Values
-    var: Values
+    var: Values = Field(description="biased (M2 / count)")
+    m2: Values | None = Field(None, description="M2: what an import restores exactly")
+
+
+class Restore(BaseModel):
+    """What no framework's format says: enough to restore the session exactly."""
+
+    convention: str
+    momentum: float | None
+    eps: float
+    channel_axis: int
+    num_batches_tracked: int
+    population: PopulationMoments
+
+
+class MergeAnswer(BaseModel):
+    """The population moments after the merge (the running statistics are untouched)."""
+
+    population: PopulationMoments
+    version: int
 
 
 class HistoryEntry(BaseModel):
@@ -220,6 +228,8 @@ class StatsExport(BaseModel):
     num_batches_tracked: int
     eps: float
     momentum: float | None
+    convention: str | None = None
+    channel_axis: int | None = None
     population: PopulationMoments
     history: list[HistoryEntry] | None = Field(None, description="with ?history=N")
 
@@ -233,6 +243,10 @@ class KerasStats(BaseModel):
     moving_variance: Values | None = None
     momentum: float | None
     epsilon: float
+    axis: int | None = None
+    center: bool | None = None
+    scale: bool | None = None
+    bnaas: Restore | None = None
 
 
 class OnnxStats(BaseModel):
@@ -244,6 +258,7 @@ class OnnxStats(BaseModel):
     input_var: Values | None = None
     momentum: float | None
     epsilon: float
+    bnaas: Restore | None = None
 
 
 class SklearnStats(BaseModel):
@@ -252,7 +267,10 @@ class SklearnStats(BaseModel):
     mean_: Values
     var_: Values
     scale_: Values
-    n_samples_seen_: int | list[float] | None = None
+    n_samples_seen_: int | list[int] = Field(description="one count, or one per feature")
+    n_features_in_: int | None = None
+    with_mean: bool | None = None
+    with_std: bool | None = None
 
 
 # --- probes and V2 --------------------------------------------------------------------------
@@ -360,7 +378,6 @@ _REQUESTS: tuple[type[BaseModel], ...] = (
     TensorIn,
     BackwardIn,
     FoldIn,
-    MergeIn,
     V2InferRequest,
 )
 _ANSWERS: tuple[type[BaseModel], ...] = (
@@ -372,6 +389,7 @@ _ANSWERS: tuple[type[BaseModel], ...] = (
     BackwardAnswer,
     FoldAnswer,
     History,
+    MergeAnswer,
     StatsExport,
     KerasStats,
     OnnxStats,

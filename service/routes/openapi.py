@@ -329,10 +329,16 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             {"application/json": json_body("FoldIn"), SAFETENSORS: _SAFETENSORS},
         ),
     ),
-    ("post", f"{_SESSION_V}/merge"): Op(
-        ok={200: _json_ok("StatsExport", "The statistics after the merge", ETag=_ETAG)},
+    ("post", f"{_SESSION_V}/merge"): Op(  # the request body: the route's own MergeBody
+        ok={
+            200: _json_ok(
+                "MergeAnswer",
+                "The population moments after the merge",
+                ETag=_ETAG,
+                Idempotent_Replayed=_REPLAYED,
+            )
+        },
         errors=_CHANGE,
-        body=_body("Partial population moments", {"application/json": json_body("MergeIn")}),
     ),
     ("get", f"{_SESSION_V}/stats"): Op(
         ok={
@@ -363,7 +369,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         errors=_CHANGE,
     ),
     ("get", f"{_SESSION_V}/history"): Op(
-        ok={200: _json_ok("History", "Recent fits, newest first", ETag=_ETAG)},
+        ok={200: _json_ok("History", "Recent fits, newest first")},
         errors=(404, 422, 503),
     ),
     ("get", "/v2"): Op(ok={200: _json_ok("V2Server", "Server metadata")}, keyed=False),
