@@ -110,6 +110,7 @@ ERRORS = {
     415: "Unsupported Content-Type or Content-Encoding",
     422: "Valid syntax the session cannot take (shape, dtype, NaN, values), or an "
     "Idempotency-Key reused with another body",
+    501: "This format needs an optional extra that is not installed (onnx-model: `onnx`)",
     503: "The session store cannot serve now; retry after Retry-After seconds",
 }
 _ERRORHEADERS = {
@@ -362,7 +363,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                 ETag=_ETAG,
             )
         },
-        errors=(400, 404, 406, 422, 503),
+        errors=(400, 404, 406, 422, 501, 503),
     ),
     ("put", f"{_SESSION_V}/stats"): Op(
         ok={200: _json_ok("StatsExport", "The statistics after the import", ETag=_ETAG)},
