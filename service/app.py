@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.routing import Match
 
 import bncore
 from service import __version__, errors
@@ -15,29 +19,20 @@ from service.commit import Commits
 from service.limits import BodyLimit
 from service.malloc import keep_freed_memory
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import compute, history, merge, probes, sessions, stats, ui, v2
+from service.routes import (
+    compute,
+    docs,
+    history,
+    merge,
+    openapi_schema,
+    probes,
+    sessions,
+    stats,
+    ui,
+    v2,
+)
 from service.settings import Settings
 from service.stores import open_store, store_options
-
-_PROBLEM_SCHEMA = {
-    "type": "object",
-    "description": "RFC 9457 problem details; `error` repeats `detail` for V2 clients",
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "instance": {"type": "string"},
-        "error": {"type": "string"},
-    },
-}
-
-
-# Only enforced when BNAAS_API_KEYS is set; either scheme carries the key.
-_SECURITY = {
-    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
-    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         description="Durable BatchNorm sessions: fit running statistics, transform, export.",
+        docs_url=None,  # served by routes/docs.py from local assets, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics(settings.metrics_drift_sessions)
@@ -74,27 +71,55 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outside BodyLimit: a caller without a key learns nothing, not even the body limit.
     app.add_middleware(ApiKeyAuth, keys=settings.key_list())
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for module in (probes, sessions, compute, stats, history, merge, v2):
+    for module in (probes, sessions, compute, stats, history, merge, v2, docs):
         app.include_router(module.router)
     if settings.ui_enabled:
         app.include_router(ui.router)
     _complete_openapi(app)
+    _allow_every_method(app)
     return app
 
 
-def _complete_openapi(app: FastAPI) -> None:
-    build = app.openapi
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
-    def openapi() -> dict[str, Any]:
+
+def _allow_every_method(app: FastAPI) -> None:
+    """Starlette's 405 names the methods of the first route whose path matches; a path that
+    several routes serve (GET and POST /v1/sessions) must list them all in ``Allow``."""
+    answer = app.exception_handlers.get(HTTPException)
+    if answer is None:
+        return
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        response = answer(request, exc)
+        if inspect.isawaitable(response):
+            response = await response
+        allowed = [
+            method
+            for method in _METHODS
+            if any(
+                route.matches({**request.scope, "method": method})[0] == Match.FULL
+                for route in app.router.routes
+            )
+        ]
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    app.add_exception_handler(405, method_not_allowed)
+
+
+def _complete_openapi(app: FastAPI) -> None:
+    """Routes answer raw ``Response`` objects, so FastAPI knows their parameters but not their
+    bodies: ``routes/openapi.py`` documents those (and security, from the settings)."""
+    build = app.openapi
+    keyed = bool(app.state.settings.key_list())
+
+    def complete() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = build()
-            components = schema.setdefault("components", {})
-            components.setdefault("schemas", {})["Problem"] = _PROBLEM_SCHEMA
-            components["securitySchemes"] = _SECURITY
-            app.openapi_schema = schema
+            app.openapi_schema = openapi_schema.complete(build(), keyed)
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = complete  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:
