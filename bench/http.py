@@ -1,6 +1,7 @@
 """HTTP throughput of bnaas next to an external bare echo app, measured in the same run.
 
-    python bench/http.py [--seconds 2] [--rounds 3] [--clients 4] [--python-client]
+    python bench/http.py [--seconds 2] [--large-seconds 4] [--rounds 3] [--clients 4]
+                         [--python-client] [--bnaas-arg=--flag ...]
 
 Starts two processes on 127.0.0.1: bnaas the way a user runs it (``python -m service.cli serve``,
 SQLite store in a temporary folder) and ``bench/bare_echo.py`` under uvicorn with its access log
@@ -299,10 +300,14 @@ def loader(clients: int, workdir: Path, python_client: bool) -> tuple[Loader, st
     )
 
 
+LARGE_BODY = 1 << 20
+
+
 def run_rounds(
-    cases: Sequence[Case], load: Loader, seconds: float, rounds: int
+    cases: Sequence[Case], load: Loader, seconds: float, rounds: int, large_seconds: float
 ) -> dict[str, list[float]]:
-    """Requests/s of every case in every round; rounds interleaved, a short warm-up first."""
+    """Requests/s of every case in every round; rounds interleaved, a short warm-up first.
+    Bodies over 1 MiB run ``large_seconds``: at a few requests/s a short window counts too few."""
     for case in cases:
         check(case)
         load(case, 1.0)
@@ -310,7 +315,8 @@ def run_rounds(
     for r in range(rounds):
         t0 = time.monotonic()
         for case in cases:
-            rps[case.name].append(load(case, seconds))
+            window = large_seconds if len(case.body) > LARGE_BODY else seconds
+            rps[case.name].append(load(case, window))
         print(f"  round {r + 1}/{rounds}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
     return rps
 
@@ -399,8 +405,9 @@ def spread(values: Sequence[float], fmt: str = "{:.1f}") -> tuple[str, str]:
 
 
 def per_round(num: Sequence[float], den: Sequence[float]) -> list[float]:
-    """Ratios of the same round's measurements (rounds are interleaved: same drift)."""
-    return [a / b for a, b in zip(num, den, strict=True)]
+    """Ratios of the same round's measurements (rounds are interleaved: same drift); a round
+    where either side completed no request within its window gives none."""
+    return [a / b for a, b in zip(num, den, strict=True) if a > 0 and b > 0]
 
 
 def print_rates(cases: Sequence[Case], rps: dict[str, list[float]]) -> None:
@@ -438,6 +445,9 @@ def print_ratios(rps: dict[str, list[float]]) -> None:
     print(f"\n{'ratio (per round)':42} {'median':>7} {'min-max':>11} {'floor':>6}")
     for label, num, den, floor in FLOORS:
         ratios = per_round(rps[num], rps[den])
+        if not ratios:
+            print(f"{label:42} {'-':>7}")
+            continue
         verdict = "" if not floor else "ok" if statistics.median(ratios) >= floor else "BELOW"
         shown = f"{floor:.2f}" if floor else "-"
         med, rng = spread(ratios, "{:.2f}")
@@ -447,6 +457,7 @@ def print_ratios(rps: dict[str, list[float]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per case per round")
+    parser.add_argument("--large-seconds", type=float, default=4.0, help="bodies over 1 MiB")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4, help="concurrent connections")
     parser.add_argument("--python-client", action="store_true", help="do not use wrk")
@@ -463,9 +474,12 @@ def main() -> None:
         load, how = loader(args.clients, workdir, args.python_client)
         print(f"bnaas: python -m service.cli serve, SQLite store, 1 worker; {note}")
         print("reference: bench/bare_echo.py under uvicorn, access log off, 1 worker")
-        print(f"{how}; {args.rounds} rounds x {args.seconds:g} s per case, interleaved\n")
+        print(
+            f"{how}; {args.rounds} rounds x {args.seconds:g} s per case"
+            f" ({args.large_seconds:g} s for bodies over 1 MiB), interleaved\n"
+        )
         cases = _cases(bnaas.port, servers[1].port)
-        rps = run_rounds(cases, load, args.seconds, args.rounds)
+        rps = run_rounds(cases, load, args.seconds, args.rounds, args.large_seconds)
     finally:
         for server in servers:
             server.stop()
