@@ -32,7 +32,7 @@ async def readyz() -> Response:
 def _npy(a: np.ndarray) -> bytes:
     head = io.BytesIO()
     np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(a))
-    return head.getvalue() + a.data.tobytes()
+    return head.getvalue() + a.data  # bytes + buffer: the tensor bytes copied once
 
 
 @app.post("/echo/npy")
@@ -67,7 +67,7 @@ async def echo_v2(model: str, request: Request) -> Response:
     }
     head = orjson.dumps({"model_name": model, "model_version": "1", "outputs": [out]})
     return Response(
-        head + x.data.tobytes(),
+        head + x.data,
         headers={"Inference-Header-Content-Length": str(len(head))},
         media_type="application/octet-stream",
     )

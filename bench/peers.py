@@ -32,6 +32,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
@@ -71,11 +72,22 @@ class Peer:
     key: str
     title: str
     binary: bool  # has the V2 binary tensor extension on REST
+    how: str  # how it runs, for the report's header
 
 
 PEERS = (
-    Peer("kserve", "KServe 0.21", binary=True),
-    Peer("mlserver", "MLServer 1.7", binary=False),
+    Peer(
+        "kserve",
+        "KServe 0.21",
+        binary=True,
+        how="kserve==0.21.0 ModelServer, 1 worker, gRPC off, latency logging off",
+    ),
+    Peer(
+        "mlserver",
+        "MLServer 1.7",
+        binary=False,
+        how="mlserver==1.7.1 start, parallel_workers 0 (inline), debug off, metrics on",
+    ),
 )
 
 
@@ -286,10 +298,16 @@ def _ratio(num: Sequence[float], den: Sequence[float]) -> str:
     return f"{med}x [{rng}]"
 
 
+def _fastest(rps: dict[str, list[float]], peer: str, t: str) -> list[float] | None:
+    """The peer's fastest protocol at this shape (by median), or None when it ran none."""
+    offered = [v for p in PROTOCOLS if (v := rps.get(case_name(peer, p, t))) is not None]
+    return max(offered, key=statistics.median, default=None)
+
+
 def report(rps: dict[str, list[float]], active: Sequence[Peer], notes: dict[str, str]) -> None:
     head = f"{'shape':9} {'protocol':10} {'bnaas req/s':>24}"
     for peer in active:
-        head += f" {peer.title + ' req/s':>26} {'bnaas/' + peer.key:>22}"
+        head += f" {peer.title + ' req/s':>26} {'bnaas/' + peer.key:>23}"
     print(head)
     for shape in SHAPES:
         t = tag(shape)
@@ -300,12 +318,16 @@ def report(rps: dict[str, list[float]], active: Sequence[Peer], notes: dict[str,
             for peer in active:
                 theirs = rps.get(case_name(peer.key, protocol, t))
                 if theirs is None:
-                    gap = "npy: bnaas only" if protocol == "npy" else "no binary REST"
-                    line += f" {gap:>26} {'-':>22}"
+                    gap = "no npy route" if protocol == "npy" else "no binary REST"
+                    best = _fastest(rps, peer.key, t)
+                    vs = "-" if best is None else _ratio(ours, best) + "*"
+                    line += f" {gap:>26} {vs:>23}"
                     continue
                 med, rng = spread(theirs)
-                line += f" {med + ' [' + rng + ']':>26} {_ratio(ours, theirs):>22}"
+                line += f" {med + ' [' + rng + ']':>26} {_ratio(ours, theirs):>23}"
             print(line)
+    print("ratios: median [min-max] of per-round bnaas/peer;")
+    print("* against the peer's fastest protocol at that shape (it has no such route)")
     for text in notes.values():
         print(text)
 
@@ -348,6 +370,9 @@ def main() -> None:
             notes[key] = f"{key} skipped: its answer differs from bnaas's ({why})"
         load, how = loader(args.clients, workdir, args.python_client)
         print(f"bnaas: python -m service.cli serve, SQLite store, 1 worker; {access_note}")
+        for peer in wanted:
+            if peer.key in peers:
+                print(f"{peer.title}: {peer.how}")
         for peer in wanted:
             if peer.key not in pythons:
                 notes.setdefault(peer.key, f"{peer.key} skipped: could not be installed")
