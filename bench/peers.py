@@ -2,6 +2,7 @@
 
     python bench/peers.py [--seconds 2] [--large-seconds 4] [--rounds 3] [--clients 4]
                           [--peers kserve,mlserver] [--cache ~/.cache/bnaas-peers]
+                          [--python-client] [--bnaas-arg=--flag ...]
 
 The peers are KServe's Python model server (kserve 0.21, a custom ``kserve.Model``) and
 MLServer 1.7 (a custom ``MLModel``), model files in bench/peers/. Each runs in its own virtual
@@ -14,8 +15,8 @@ running statistics become the peers' parameters, so every server computes the sa
 each peer's answer is checked against bnaas's (1e-5) before it is timed. One process each on
 127.0.0.1, every case once per round, rounds interleaved; the table shows medians and ranges of
 req/s and of the per-round ratios bnaas / peer. Load comes from wrk when installed (see
-bench/http.py). Per-request logging is off in the peers (KServe's latency log, MLServer's debug
-access log) and MLServer runs inference inline (parallel_workers 0), as bnaas does.
+bench/http.py). Per-request logging is off in the peers (KServe's access and latency logs,
+MLServer's debug access log) and MLServer runs inference inline (parallel_workers 0).
 """
 
 from __future__ import annotations
@@ -80,13 +81,13 @@ PEERS = (
         "kserve",
         "KServe 0.21",
         binary=True,
-        how="kserve==0.21.0 ModelServer, 1 worker, gRPC off, latency logging off",
+        how="kserve==0.21.0 ModelServer, 1 worker, gRPC off, access + latency logs off",
     ),
     Peer(
         "mlserver",
         "MLServer 1.7",
         binary=False,
-        how="mlserver==1.7.1 start, parallel_workers 0 (inline), debug off, metrics on",
+        how="mlserver==1.7.1 start, parallel_workers 0 (inline), debug (access log) off",
     ),
 )
 
@@ -341,6 +342,9 @@ def main() -> None:
     parser.add_argument("--python-client", action="store_true", help="do not use wrk")
     parser.add_argument("--peers", default="kserve,mlserver", help="comma-separated subset")
     parser.add_argument(
+        "--bnaas-arg", action="append", default=[], help="extra flag for bnaas serve (repeat)"
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bnaas-peers",
@@ -353,7 +357,7 @@ def main() -> None:
     servers: list[Server] = []
     notes: dict[str, str] = {}
     try:
-        bnaas, access_note = bnaas_server(workdir)
+        bnaas, access_note = bnaas_server(workdir, args.bnaas_arg)
         servers.append(bnaas)
         sessions, params = fitted_sessions(bnaas.port, np.random.default_rng(0))
         params_file = workdir / "params.json"

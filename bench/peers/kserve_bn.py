@@ -19,16 +19,18 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.utils.utils import generate_uuid
 
 
-class _LoopbackConfig(uvicorn.Config):
-    """KServe's REST server hard-codes host 0.0.0.0; a benchmark listens on loopback only."""
+class _BenchConfig(uvicorn.Config):
+    """KServe's REST server hard-codes host 0.0.0.0 (a benchmark listens on loopback only) and
+    has no flag for uvicorn's access log (off here, as MLServer's is without debug)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["host"] = "127.0.0.1"
+        kwargs["access_log"] = False
         super().__init__(*args, **kwargs)
 
 
 # Looked up at call time by kserve.protocol.rest.server, so patching after the import is enough.
-uvicorn.Config = _LoopbackConfig  # type: ignore[misc]
+uvicorn.Config = _BenchConfig  # type: ignore[misc]
 
 
 class BatchNorm(Model):  # type: ignore[misc]
