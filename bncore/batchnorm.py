@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bncore import kernels
+from bncore import cuda_kernels, kernels
 from bncore.backend import Array, namespace
 from bncore.errors import DTypeError, NonFiniteError, ShapeError, StateError, ValueRangeError
 from bncore.moments import Moments, batch_moments, channels_view, quiet
@@ -81,6 +81,8 @@ def _affine(
     kernels, where a running sum of the outputs costs nothing).
     """
     found = kernels.affine(x3, center, scale, offset)
+    if found is None:
+        found = cuda_kernels.affine(x3, center, scale, offset, check)
     if found is not None:
         return found
     xp = namespace(x3)
@@ -166,6 +168,8 @@ def _update_running(state: BNState, batch: Moments) -> BNState:
     tracked = _tracked(state, int(tracking))
     weights = state.config.ema_weights(tracked) if tracking else (0.0, 1.0, False)
     found = kernels.update(batch, weights, rm, rv, state.population)
+    if found is None:
+        found = cuda_kernels.update(batch, weights, rm, rv, state.population)
     if found is not None:
         rm, rv, count, mean, m2 = found
         population = Moments(count, mean, m2)

@@ -119,54 +119,43 @@ def moments(x3: Array, omit: bool = False) -> tuple[Array, Array, Array, bool] |
 
 
 def affine(
-    x3: Array,
-    mean: Array,
-    var: Array,
-    eps: float,
-    weight: Array | None,
-    bias: Array | None,
-    check: bool = False,
+    x3: Array, center: Array, scale: Array, offset: Array, check: bool = False
 ) -> tuple[Array, bool] | None:
-    """``(x - mean) / sqrt(var + eps) * weight + bias`` per channel with double intermediates,
-    rounded once to x's dtype; with ``check``, also whether every input is finite."""
+    """``(x - center) * scale + offset`` per channel with double intermediates, rounded once to
+    x's dtype (the float64 (C,) vectors of ``bncore.batchnorm``); with ``check``, also whether
+    every input is finite."""
     if not _applies(x3):
         return None
     xp = namespace(x3)
     a, c, b = x3.shape
-    f64 = xp.float64
-    vectors = [xp.ascontiguousarray(v, dtype=f64) for v in (mean, var)]
-    w = None if weight is None else xp.ascontiguousarray(weight, dtype=f64)
-    bb = None if bias is None else xp.ascontiguousarray(bias, dtype=f64)
+    vectors = [xp.ascontiguousarray(v, dtype=xp.float64) for v in (center, scale, offset)]
     y = xp.empty_like(x3)
     flag = xp.zeros(1, dtype=xp.int32)
     geo = plan(a, c, b, _sms(xp))
     mod = _module(xp)
     suffix = _suffix(x3.dtype)
-    tail = (*vectors, w, bb, float(eps), int(check), flag)
+    tail = (*vectors, int(check), flag)
     if b == 1:
         mod.get_function(f"affine_rows_{suffix}")(geo.grid, geo.block, (x3, y, a, c, *tail))
     else:
         mod.get_function(f"affine_planes_{suffix}")(geo.grid, geo.block, (x3, y, a, c, b, *tail))
-    finite = True
-    if check:
-        finite = not bool(flag.get()[0])
-    return y, finite
+    return y, not (check and bool(flag.get()[0]))
 
 
 def update(
     batch: Moments,
-    keep: float,
-    new_weight: float,
-    unbiased: bool,
+    weights: tuple[float, float, bool],
     running_mean: Array | None,
     running_var: Array | None,
     population: Moments,
 ) -> tuple[Array | None, Array | None, Array, Array, Array] | None:
-    """The running EMA ``keep * old + new_weight * stat`` (unbiased or biased batch variance)
-    and the population merged with the batch, in one launch; None buffers: not tracked."""
+    """The running EMA ``w_new * stat + w_old * old`` (``BNConfig.ema_weights``: the biased or
+    unbiased batch variance) and the population merged with the batch, in one launch; None
+    buffers: not tracked. The formulas of ``bncore.batchnorm._update_running``."""
     if not _state["enabled"] or is_host(namespace(batch.mean)):
         return None
     xp = namespace(batch.mean)
+    w_new, w_old, biased = weights
     c = int(batch.mean.shape[0])
     dtype = running_mean.dtype if running_mean is not None else xp.dtype(xp.float64)
     rm_out = None if running_mean is None else xp.empty_like(running_mean)
@@ -181,9 +170,9 @@ def update(
             batch.count,
             batch.mean,
             batch.m2,
-            float(keep),
-            float(new_weight),
-            int(unbiased),
+            float(w_old),
+            float(w_new),
+            int(not biased),
             running_mean,
             running_var,
             rm_out,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
-from bncore import kernels
+from bncore import cuda_kernels, kernels
 from bncore.backend import Array, is_host, namespace
 from bncore.errors import BatchSizeError, NonFiniteError, ShapeError
 
@@ -114,6 +114,9 @@ def _dense_moments(x3: Array) -> tuple[Array, Array, bool]:
     found = kernels.moments(x3)
     if found is not None:
         return found
+    on_device = cuda_kernels.moments(x3)
+    if on_device is not None:
+        return on_device[1], on_device[2], on_device[3]
     with quiet(namespace(x3)):  # inf - inf in the deviations: the NaN policy reports it
         mean, m2 = _exact_moments(x3)
         return mean, m2, math.isfinite(float(m2.sum()))
@@ -129,6 +132,12 @@ def _nonfinite_channels(xp: ModuleType, *stats: Array) -> list[int]:
 def _omit_moments(x3: Array) -> tuple[Array, Array, Array]:
     """Count, mean and M2 ignoring NaN (scikit-learn's partial_fit rule); Inf is still bad."""
     xp = namespace(x3)
+    on_device = cuda_kernels.moments(x3, omit=True)
+    if on_device is not None:
+        count, mean, m2, finite = on_device
+        if not finite:  # NaN is skipped: what is left non-finite is an Inf
+            raise NonFiniteError(_nonfinite_channels(xp, mean, m2))
+        return count, mean, m2
     x64 = x3.astype(xp.float64)
     nan = xp.isnan(x64)
     if bool(xp.isinf(x64).any()):

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 import bncore
+from bncore import cuda_kernels
 from service import __version__, errors
 from service.auth import ApiKeyAuth
 from service.commit import Commits
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keep_freed_memory()
         backend = bncore.select(settings.device)
+        cuda_kernels.enable(settings.cuda_kernels)
         store = open_store(settings.store, store_options(settings), backend.xp)
         app.state.backend = backend
         app.state.store = store

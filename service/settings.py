@@ -22,6 +22,11 @@ class Settings(BaseSettings):
         description="memory://, sqlite:///relative/path or sqlite:////absolute/path",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cuda_kernels: bool = Field(
+        False,
+        description="on a GPU, compute with bncore's own CUDA kernels instead of CuPy's generic "
+        "operations (off until measured on a GPU: see issue 12)",
+    )
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="request body limit (413)")
     idempotency_ttl_s: float = Field(24 * 3600, gt=0, description="how long retries are answered")
     api_keys: str = Field(

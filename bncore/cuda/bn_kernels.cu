@@ -147,37 +147,25 @@ extern "C" __global__ void moments_finish(const double *__restrict__ part_n,
     if (!isfinite(total.m2) || !isfinite(total.mean)) atomicOr(nonfinite, 1);
 }
 
-// y = (x - mean) * scale + bias with scale = weight / sqrt(var + eps), all in double, rounded
-// once to T: two large terms never cancel in float (mean 1e6, std 1 keeps its 1e-7 digits).
-// weight and bias are double (C,) vectors or null (affine false). With check set, a NaN or Inf
-// input raises *nonfinite (nan_policy 'reject' on transform).
-__device__ __forceinline__ void channel_params(long long j, const double *mean,
-                                               const double *var, const double *weight,
-                                               const double *bias, double eps, double &mu,
-                                               double &scale, double &beta) {
-    mu = mean[j];
-    scale = 1.0 / sqrt(var[j] + eps);
-    if (weight != nullptr) scale *= weight[j];
-    beta = bias != nullptr ? bias[j] : 0.0;
-}
-
+// y = (x - center) * scale + offset per channel, in double, rounded once to T: two large
+// terms never cancel in float (mean 1e6, std 1 keeps its 1e-7 digits). The (C,) double
+// vectors come from bncore.batchnorm (scale = weight / sqrt(var + eps), offset = bias). With
+// check set, a NaN or Inf input raises *nonfinite (nan_policy 'reject' on transform).
 #define AFFINE_ROWS(NAME, T)                                                                   \
     extern "C" __global__ void NAME(const T *__restrict__ x, T *__restrict__ y, long long a,    \
-                                    long long c, const double *__restrict__ mean,              \
-                                    const double *__restrict__ var,                            \
-                                    const double *__restrict__ weight,                         \
-                                    const double *__restrict__ bias, double eps, long long check,    \
+                                    long long c, const double *__restrict__ center,            \
+                                    const double *__restrict__ scale,                          \
+                                    const double *__restrict__ offset, long long check,        \
                                     int *__restrict__ nonfinite) {                             \
         const long long j = (long long)blockIdx.x * 32 + threadIdx.x;                         \
         if (j >= c) return;                                                                    \
-        double mu, scale, beta;                                                                \
-        channel_params(j, mean, var, weight, bias, eps, mu, scale, beta);                      \
+        const double mu = center[j], k = scale[j], beta = offset[j];                           \
         int bad = 0;                                                                           \
         for (long long r = (long long)blockIdx.y * BN_ROWS_Y + threadIdx.y; r < a;            \
              r += (long long)gridDim.y * BN_ROWS_Y) {                                          \
             const double v = (double)x[r * c + j];                                             \
             bad |= check && !isfinite(v);                                                      \
-            y[r * c + j] = (T)((v - mu) * scale + beta);                                       \
+            y[r * c + j] = (T)((v - mu) * k + beta);                                       \
         }                                                                                      \
         if (bad) atomicOr(nonfinite, 1);                                                       \
     }
@@ -188,21 +176,20 @@ AFFINE_ROWS(affine_rows_f64, double)
 // Planes: grid (c, G), block BN_PLANE_T; the channel's parameters are computed once per thread.
 #define AFFINE_PLANES(NAME, T)                                                                 \
     extern "C" __global__ void NAME(const T *__restrict__ x, T *__restrict__ y, long long a,    \
-                                    long long c, long long b, const double *__restrict__ mean, \
-                                    const double *__restrict__ var,                            \
-                                    const double *__restrict__ weight,                         \
-                                    const double *__restrict__ bias, double eps, long long check,    \
+                                    long long c, long long b,                                  \
+                                    const double *__restrict__ center,                         \
+                                    const double *__restrict__ scale,                          \
+                                    const double *__restrict__ offset, long long check,        \
                                     int *__restrict__ nonfinite) {                             \
         const long long j = blockIdx.x;                                                        \
-        double mu, scale, beta;                                                                \
-        channel_params(j, mean, var, weight, bias, eps, mu, scale, beta);                      \
+        const double mu = center[j], k = scale[j], beta = offset[j];                           \
         int bad = 0;                                                                           \
         for (long long i = blockIdx.y; i < a; i += gridDim.y) {                                \
             const long long base = (i * c + j) * b;                                            \
-            for (long long k = threadIdx.x; k < b; k += BN_PLANE_T) {                          \
-                const double v = (double)x[base + k];                                          \
+            for (long long i2 = threadIdx.x; i2 < b; i2 += BN_PLANE_T) {                       \
+                const double v = (double)x[base + i2];                                         \
                 bad |= check && !isfinite(v);                                                  \
-                y[base + k] = (T)((v - mu) * scale + beta);                                    \
+                y[base + i2] = (T)((v - mu) * k + beta);                                    \
             }                                                                                  \
         }                                                                                      \
         if (bad) atomicOr(nonfinite, 1);                                                       \

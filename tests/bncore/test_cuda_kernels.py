@@ -78,8 +78,10 @@ def test_kernels_are_off_by_default_and_skip_host_arrays() -> None:
     try:
         cuda_kernels.enable(True)
         assert cuda_kernels.moments(x3) is None  # a NumPy array: the C or NumPy path runs
-        assert cuda_kernels.affine(x3, np.zeros(3), np.ones(3), 1e-5, None, None) is None
+        assert cuda_kernels.affine(x3, np.zeros(3), np.ones(3), np.zeros(3)) is None
         batch = bn.Moments(np.full(3, 4.0), np.zeros(3), np.ones(3))
-        assert cuda_kernels.update(batch, 0.9, 0.1, True, None, None, batch) is None
+        assert cuda_kernels.update(batch, (0.1, 0.9, False), None, None, batch) is None
+        _, r = bn.fit(bn.initial_state(bn.BNConfig(3)), np.arange(12.0).reshape(4, 3))
+        assert r.output is not None  # the host path still runs with the switch on
     finally:
         cuda_kernels.enable(False)
