@@ -67,6 +67,12 @@ class UnsupportedMediaType(ServiceError):
     status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
 
 
+class InvalidBody(ServiceError):
+    """Well-formed JSON whose members do not combine (``from_session`` beside moments, ...)."""
+
+    status, slug, title = 422, "invalid-body", "Request body members do not fit together"
+
+
 class IdempotencyMismatch(ServiceError):
     status, slug, title = 422, "idempotency-key-reused", "Idempotency-Key reused with another body"
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import bncore
 from service.codecs import parse_json
 from service.deps import BodyDep, CommitsDep, IdempotencyDep, IfMatchDep, MetricsDep, StoreDep
-from service.errors import MalformedBody
+from service.errors import InvalidBody, MalformedBody
 from service.routes.openapi import PROBLEMS, headers
 from service.routes.stats import export_json, inline_schema
 from service.views import etag, json_replay, to_response
@@ -75,7 +75,7 @@ def merge(
     source = doc.get("from_session") if isinstance(doc, dict) else None
     if source is not None:
         if not isinstance(source, str) or set(doc) != {"from_session"}:
-            raise MalformedBody("from_session must be a session id, alone in the body")
+            raise InvalidBody("from_session must be a session id, alone in the body")
         other = store.read(source).state  # outside the commit: another session's snapshot
 
     def change(state: bncore.BNState) -> bncore.BNState:
