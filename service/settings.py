@@ -19,13 +19,18 @@ class Settings(BaseSettings):
 
     store: str = Field(
         "sqlite:///./data/bnaas.db",
-        description="memory://, sqlite:///relative/path or sqlite:////absolute/path",
+        description="sqlite:///relative/path or sqlite:////absolute/path (embedded, one host), "
+        "redis://[:password@]host:port/db or rediss:// (replicas), memory:// (tests, one worker)",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="array backend: cpu (NumPy + C kernels), cuda (CuPy; refuses to start "
+        "without a GPU), auto (CuPy when a GPU is usable, else cpu; /readyz says which)",
+    )
     cuda_kernels: bool = Field(
         False,
         description="on a GPU, compute with bncore's own CUDA kernels instead of CuPy's generic "
-        "operations (off until measured on a GPU: see issue 12)",
+        "operations (off by default until they have been measured on a GPU)",
     )
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="request body limit (413)")
     idempotency_ttl_s: float = Field(24 * 3600, gt=0, description="how long retries are answered")
