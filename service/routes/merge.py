@@ -72,6 +72,8 @@ def merge(
     metrics: MetricsDep,
 ) -> Any:
     doc = parse_json(body.data)
+    if isinstance(doc, dict):  # a null member is an absent one, as the schema has it
+        doc = {k: v for k, v in doc.items() if v is not None}
     source = doc.get("from_session") if isinstance(doc, dict) else None
     if source is not None:
         if not isinstance(source, str) or set(doc) != {"from_session"}:
