@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -48,6 +46,7 @@ from service.stores.base import (
     StoreOptions,
     check_version,
 )
+from service.stores.cache import SessionCache
 
 T = TypeVar("T")
 log = logging.getLogger("bnaas")
@@ -115,9 +114,7 @@ class RedisStore:
         )
         self._redis = redis.Redis(connection_pool=pool)
         self._where = f"redis store at {url.split('@')[-1]}"  # never the password
-        self._cache: OrderedDict[str, Session] = OrderedDict()
-        self._cache_lock = threading.Lock()
-        self._cache_size = 1024
+        self._cache = SessionCache()
         try:
             self._load()
         except StoreUnavailable as exc:
@@ -172,19 +169,6 @@ class RedisStore:
         except (ValueError, KeyError, TypeError, bncore.BNError) as exc:
             raise CorruptRecord(f"session {session_id!r}: state record unreadable: {exc}") from None
 
-    def _remember(self, session: Session) -> None:
-        # Decoding a state costs more than reading it: keep the latest decoded version of
-        # recently used sessions; Redis sends the state only when this copy is stale.
-        with self._cache_lock:
-            self._cache[session.id] = session
-            self._cache.move_to_end(session.id)
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-
-    def _forget(self, session_id: str) -> None:
-        with self._cache_lock:
-            self._cache.pop(session_id, None)
-
     def _session(self, session_id: str, row: list[Any], cached: Session | None = None) -> Session:
         version, owner, name, created, updated, blob = row
         version = int(version)
@@ -196,7 +180,7 @@ class RedisStore:
         session = Session(
             session_id, state, version, float(created), float(updated), _text(name), _text(owner)
         )
-        self._remember(session)
+        self._cache.put(session)
         return session
 
     # --- the store interface ---
@@ -246,7 +230,7 @@ class RedisStore:
         )  # fmt: skip
         outcome = reply[0]
         if outcome == b"missing":
-            self._forget(session_id)
+            self._cache.drop(session_id)
             raise SessionNotFound(session_id)
         if outcome == b"duplicate":
             assert receipt is not None  # only a commit with a receipt finds one held
@@ -258,7 +242,7 @@ class RedisStore:
             session_id, state, int(version), float(created), float(updated), _text(name),
             _text(owner),
         )  # fmt: skip
-        self._remember(session)
+        self._cache.put(session)
         return Committed(session)
 
     def _receipt_args(self, receipt: Receipt | None) -> list[Any]:
@@ -305,7 +289,7 @@ class RedisStore:
                 # Another request with this key won (a concurrent retry): undo ours.
                 self.delete(session.id)
                 return Duplicate(held)
-        self._remember(session)
+        self._cache.put(session)
         return Committed(session)
 
     def _claim(self, receipt: Receipt) -> Receipt | None:
@@ -351,7 +335,7 @@ class RedisStore:
             session_keys(session_id),
             [*_owner_args(owner), _if_match_arg(if_match)],
         )
-        self._forget(session_id)
+        self._cache.drop(session_id)
         if reply[0] == b"missing":
             raise SessionNotFound(session_id)
         if reply[0] == b"mismatch":

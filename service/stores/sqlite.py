@@ -16,7 +16,6 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +41,7 @@ from service.stores.base import (
     StoreOptions,
     check_version,
 )
+from service.stores.cache import SessionCache
 from service.stores.group import GroupCommit, Write
 from service.stores.sqlite_schema import SCHEMA_VERSION, migrate
 
@@ -75,9 +75,7 @@ class SQLiteStore:
         self._wrote = False  # a write succeeded since this process opened the store
         self._ready = False  # schema checked (and migrated) by this process
         self._next_expiry = 0.0
-        self._cache: OrderedDict[str, Session] = OrderedDict()
-        self._cache_lock = threading.Lock()
-        self._cache_size = 1024
+        self._cache = SessionCache()
         self._closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(StoreUnavailable):
@@ -279,7 +277,7 @@ class SQLiteStore:
             ).fetchone()
             if head is None or (owner is not None and head[0] != owner):
                 raise SessionNotFound(session_id)  # the state was not read: same cost
-            cached = self._cached(session_id, head[1])
+            cached = self._cache.get(session_id, head[1])
             if cached is not None:
                 return cached
             row = db.execute(
@@ -384,8 +382,7 @@ class SQLiteStore:
             db.execute("DELETE FROM receipts WHERE session_id = ?", (session_id,))
 
         self._write(write)
-        with self._cache_lock:
-            self._cache.pop(session_id, None)
+        self._cache.drop(session_id)
 
     def history(self, session_id: str, limit: int, before: int | None = None) -> list[HistoryItem]:
         with self._reading() as db:
@@ -406,7 +403,7 @@ class SQLiteStore:
                 "ORDER BY id LIMIT ?",
                 (after or "", owner, owner, limit),
             ).fetchall()
-            return [self._cached(r[0], r[2]) or self._decode(r) for r in rows]
+            return [self._cache.get(r[0], r[2]) or self._decode(r) for r in rows]
 
     def ping(self) -> None:
         if self._ready and self._fault is None and self._wrote:
@@ -430,20 +427,6 @@ class SQLiteStore:
 
     # --- decoded sessions -------------------------------------------------------------------
 
-    def _cached(self, session_id: str, version: Any) -> Session | None:
-        with self._cache_lock:
-            found = self._cache.get(session_id)
-        return found if found is not None and found.version == version else None
-
-    def _remember(self, session: Session) -> None:
-        # Decoding a state costs more than reading its row: keep the latest decoded version
-        # of recently used sessions. The row's version decides whether the entry is current.
-        with self._cache_lock:
-            self._cache[session.id] = session
-            self._cache.move_to_end(session.id)
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-
     def _decode(self, row: Row) -> Session:
         sid, name, version, blob, created, updated, owner = row
         try:
@@ -455,7 +438,7 @@ class SQLiteStore:
                 f"session {sid!r}: the stored state cannot be read: {exc}"
             ) from None
         session = Session(sid, state, version, created, updated, name, owner)
-        self._remember(session)
+        self._cache.put(session)
         return session
 
 
@@ -471,7 +454,7 @@ class _Pending:
         assert self.write is not None
         out: CommitResult = self._store._group.wait(self.write)
         if isinstance(out, Committed):
-            self._store._remember(out.session)  # later reads skip decoding this version
+            self._store._cache.put(out.session)  # later reads skip decoding this version
         return out
 
 
