@@ -225,6 +225,8 @@ def measure(
         "gen ms/fit": 1000 * gen_cpu / max(fits, 1),
         "errors": summary["http_errors"] + summary["socket_errors"],
     }
+    # Cores the servers (and redis-server) kept busy: what the setup got of the machine.
+    row["server cores"] = row["fits/s"] * row["cpu ms/fit"] / 1000
     if setup.redis:
         row["retries"] = (fcall_writes(setup.redis[0]) - calls - fits) / max(fits, 1)
     return row
@@ -284,11 +286,15 @@ def _spread(values: list[float], fmt: str = ".0f") -> str:
 
 def _report(results: Results, args: argparse.Namespace) -> None:
     print()
+    # Other work on the machine takes the cores a second replica would use: say how busy it was.
+    print(
+        "load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    )
     print(f"fits of ({args.rows}, {args.features}) float32 .npy, ?output=false, wrk "
           f"-t{args.threads} nice {args.nice}, {args.seconds:g} s x {args.rounds} interleaved "
           f"rounds, {os.cpu_count()} CPUs; median [min-max]")  # fmt: skip
     print(f"{'store':<10} {'case':<26} {'fits/s':>16} {'p99 ms':>18} {'retries/commit':>20} "
-          f"{'server CPU ms/fit':>18} {'wrk CPU ms/fit':>15} {'errors':>7}")  # fmt: skip
+          f"{'server CPU ms/fit':>18} {'cores':>5} {'wrk ms/fit':>11} {'errors':>7}")  # fmt: skip
     for (name, case), rows in results.items():
         clients = args.hot if case == "hot" else args.clients
         col = {k: [row[k] for row in rows] for k in rows[0]}
@@ -296,7 +302,8 @@ def _report(results: Results, args: argparse.Namespace) -> None:
         print(f"{name:<10} {f'{case} ({clients} clients)':<26} {_spread(col['fits/s']):>16} "
               f"{_spread(col['p99 ms'], '.1f'):>18} {retries:>20} "
               f"{_spread(col['cpu ms/fit'], '.2f'):>18} "
-              f"{statistics.median(col['gen ms/fit']):>15.2f} "
+              f"{statistics.median(col['server cores']):>5.2f} "
+              f"{statistics.median(col['gen ms/fit']):>11.2f} "
               f"{sum(col['errors']):>7.0f}")  # fmt: skip
     print()
 
