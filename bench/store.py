@@ -1,16 +1,21 @@
-"""Fits/s through the stores: SQLite, Redis behind one replica, Redis behind two replicas.
+"""Fits/s through the stores: SQLite (optionally an older tree's too), Redis behind one
+replica, Redis behind two replicas.
 
-    python bench/store.py [--seconds 4] [--features 64] [--rows 32] [--clients 8] [--hot 16]
+    python -m bench.store [--rounds 3] [--seconds 4] [--old-tree /tmp/old-bnaas] [--nice 10]
 
 Starts a ``redis-server`` (AOF everysec, temporary folder) and ``bnaas serve`` processes on
-free loopback ports, then drives fits (``?output=false``, .npy bodies) from client threads
-with keep-alive connections, alternating replicas request by request:
-- "8 sessions": ``--clients`` clients, each on its own session;
-- "hot": ``--hot`` clients on one session.
-Prints fits/s, p99 latency and, for Redis, retries per commit (FCALL write calls minus
-acknowledged fits: every commit conflict costs one more call), then the ratios the issue sets
-floors on. Asserts nothing. The load generator is threads in this process: on a small machine
-it competes with the servers, so compare ratios from one run, not absolute numbers.
+free loopback ports (one worker each; ``--old-tree`` adds a server run from that tree, with its
+``.venv`` when it has one, on a fresh SQLite file), then drives fits (``?output=false``, .npy
+bodies) with ``wrk`` and bench/wrk/fit.lua: keep-alive connections, fits round-robin over the
+sessions, wrk thread k on replica k mod n. Two loads:
+- "8 sessions": ``--clients`` connections over 8 sessions;
+- "hot": ``--hot`` connections on one session.
+wrk is C and runs under ``nice``: on a 2-core machine a Python load generator takes the CPU
+the servers need (the replica ratio then measures the generator). Rounds are interleaved
+(setup order rotates each round); the report gives medians with [min-max] over rounds, and the
+ratios per round. Retries per commit, for Redis: FCALL write calls minus acknowledged fits,
+over fits (every commit conflict costs one more call). Server CPU per fit counts the bnaas
+processes and, for Redis, redis-server. Asserts nothing: the machine is shared, read ratios.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ import http.client
 import io
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -125,12 +131,16 @@ def fcall_writes(port: int) -> int:
 
 
 @contextmanager
-def bnaas(store: str, log: Path) -> Iterator[tuple[int, int]]:
+def bnaas(store: str, log: Path, tree: Path = ROOT) -> Iterator[tuple[int, int]]:
+    """``bnaas serve`` from ``tree`` (its own .venv's Python when it has one)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port",
+    venv = tree / ".venv" / "bin" / "python"
+    python = str(venv) if tree != ROOT and venv.exists() else sys.executable
+    cmd = [python, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port",
            str(port), "--store", store, "--device", "cpu", "--log-level", "warning"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(tree)}
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=tree, env=env)
     try:
         _wait(lambda: _request(port, "GET", "/readyz")[0] == 200, f"bnaas on {store}")
         yield port, proc.pid
@@ -149,41 +159,34 @@ def create(port: int, features: int) -> str:
     return str(json.loads(body)["id"])
 
 
-def load(
-    ports: list[int], sessions: list[str], clients: int, body: bytes, seconds: float
-) -> tuple[int, list[float]]:
-    """Fits acknowledged and their latencies; client k fits ``sessions[k % len]``."""
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    start = threading.Barrier(clients + 1)
+LUA = Path(__file__).resolve().parent / "wrk" / "fit.lua"
 
-    def client(k: int) -> None:
-        conns = [http.client.HTTPConnection("127.0.0.1", p, timeout=60) for p in ports]
-        path = f"/v1/sessions/{sessions[k % len(sessions)]}/fit?output=false"
-        headers = {"content-type": NPY}
-        start.wait()
-        end = time.perf_counter() + seconds
-        i = k
-        while time.perf_counter() < end:
-            conn = conns[i % len(conns)]
-            i += 1
-            t0 = time.perf_counter()
-            conn.request("POST", path, body, headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            if resp.status != 200:
-                raise SystemExit(f"fit: HTTP {resp.status}: {data[:200]!r}")
-            latencies[k].append(time.perf_counter() - t0)
-        for c in conns:
-            c.close()
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    start.wait()
-    for t in threads:
-        t.join()
-    flat = [x for lat in latencies for x in lat]
-    return len(flat), flat
+def wrk(
+    ports: list[int],
+    sessions: list[str],
+    clients: int,
+    body: Path,
+    args: argparse.Namespace,
+    seconds: float,
+) -> tuple[dict[str, int], float]:
+    """One wrk run (under ``nice``): its JSON summary and its own CPU seconds."""
+    binary = shutil.which("wrk")
+    if binary is None:
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+    env = {**os.environ, "BENCH_BODY": str(body), "BENCH_SESSIONS": ",".join(sessions),
+           "BENCH_PORTS": ",".join(map(str, ports)),
+           "BENCH_IDEMPOTENCY": "1" if args.idempotency else "0"}  # fmt: skip
+    threads = min(args.threads, clients)
+    cmd = ["nice", "-n", str(args.nice), binary, "-t", str(threads), "-c", str(clients),
+           "-d", f"{seconds:g}s", "--timeout", "30s", "-s", str(LUA),
+           f"http://127.0.0.1:{ports[0]}/"]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary = json.loads(out.strip().splitlines()[-1])
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return summary, cpu
 
 
 def npy(a: np.ndarray) -> bytes:
@@ -192,81 +195,140 @@ def npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+class Setup:
+    """A store behind one or more replicas, with its sessions created once."""
+
+    def __init__(self, name: str, servers: list[tuple[int, int]], redis: tuple[int, int] | None):
+        self.name, self.redis = name, redis
+        self.ports = [port for port, _ in servers]
+        self.pids = [pid for _, pid in servers] + ([redis[1]] if redis else [])
+        self.sessions: dict[str, list[str]] = {}
+
+
+# (setup, case) -> one dict per round
+Results = dict[tuple[str, str], list[dict[str, float]]]
+
+
+def measure(
+    setup: Setup, case: str, clients: int, body: Path, args: argparse.Namespace
+) -> dict[str, float]:
+    sessions = setup.sessions[case]
+    calls = fcall_writes(setup.redis[0]) if setup.redis else 0
+    cpu = cpu_seconds(setup.pids)
+    summary, gen_cpu = wrk(setup.ports, sessions, clients, body, args, args.seconds)
+    cpu = cpu_seconds(setup.pids) - cpu
+    fits = summary["requests"] - summary["http_errors"]
+    row = {
+        "fits/s": fits / (summary["duration_us"] / 1e6),
+        "p99 ms": summary["p99_us"] / 1000,
+        "cpu ms/fit": 1000 * cpu / max(fits, 1),
+        "gen ms/fit": 1000 * gen_cpu / max(fits, 1),
+        "errors": summary["http_errors"] + summary["socket_errors"],
+    }
+    # Cores the servers (and redis-server) kept busy: what the setup got of the machine.
+    row["server cores"] = row["fits/s"] * row["cpu ms/fit"] / 1000
+    if setup.redis:
+        row["retries"] = (fcall_writes(setup.redis[0]) - calls - fits) / max(fits, 1)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--rows", type=int, default=32)
-    parser.add_argument("--clients", type=int, default=8, help="clients of the 8-session case")
-    parser.add_argument("--hot", type=int, default=16, help="clients on the hot session")
+    parser.add_argument("--clients", type=int, default=8, help="connections, 8-session case")
+    parser.add_argument("--hot", type=int, default=16, help="connections on the hot session")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--nice", type=int, default=10, help="niceness of wrk")
+    parser.add_argument("--idempotency", action="store_true", help="unique Idempotency-Keys")
+    parser.add_argument("--old-tree", type=Path, help="also serve SQLite from this tree")
     args = parser.parse_args()
-    body = npy(np.random.default_rng(0).normal(0, 1, (args.rows, args.features)).astype("f4"))
-    rows: Rows = {}
-    with tempfile.TemporaryDirectory(prefix="bnaas-bench-store-") as tmp:
+    x = np.random.default_rng(0).normal(0, 1, (args.rows, args.features)).astype("f4")
+    cases = {"8 sessions": (8, args.clients), "hot": (1, args.hot)}
+    results: Results = {}
+    with tempfile.TemporaryDirectory(prefix="bnaas-bench-store-") as tmp, ExitStack() as stack:
         folder = Path(tmp)
-        setups: list[tuple[str, list[str]]] = [("sqlite", [f"sqlite:///{folder / 'b.db'}"])]
-        with redis_server(folder) as (rport, rpid):
-            url = f"redis://127.0.0.1:{rport}/0"
-            setups += [("redis x1", [url]), ("redis x2", [url, url])]
-            for name, stores in setups:
-                with _replicas(stores, folder, name) as servers:
-                    ports = [port for port, _ in servers]
-                    # The servers' CPU (and Redis's): on a busy machine, CPU per fit says
-                    # more about capacity than fits/s.
-                    pids = [pid for _, pid in servers] + ([rpid] if name != "sqlite" else [])
-                    cases = {
-                        "8 sessions": ([create(ports[0], args.features) for _ in range(8)],
-                                       args.clients),
-                        "hot": ([create(ports[0], args.features)], args.hot),
-                    }  # fmt: skip
-                    for case, (sessions, clients) in cases.items():
-                        load(ports, sessions, clients, body, 0.5)  # warm-up
-                        calls = fcall_writes(rport) if name != "sqlite" else 0
-                        cpu = cpu_seconds(pids)
-                        n, lat = load(ports, sessions, clients, body, args.seconds)
-                        cpu = cpu_seconds(pids) - cpu
-                        redis_calls = fcall_writes(rport) - calls if name != "sqlite" else 0
-                        retries = (redis_calls - n) / n if name != "sqlite" and n else None
-                        p99 = float(np.percentile(lat, 99)) * 1000 if lat else float("nan")
-                        rows[(name, case)] = (
-                            n / args.seconds,
-                            p99,
-                            retries,
-                            1000 * cpu / max(n, 1),
-                        )
-    _report(rows, args)
+        body = folder / "body.npy"
+        body.write_bytes(npy(x))
+        rport, rpid = stack.enter_context(redis_server(folder))
+        url = f"redis://127.0.0.1:{rport}/0"
+
+        def serve(name: str, store: str, tree: Path = ROOT) -> tuple[int, int]:
+            return stack.enter_context(bnaas(store, folder / f"{name}.log", tree))
+
+        setups: list[Setup] = []
+        if args.old_tree:
+            old = serve("sqlite-old", f"sqlite:///{folder / 'old.db'}", args.old_tree.resolve())
+            setups.append(Setup("sqlite old", [old], None))
+        setups.append(Setup("sqlite", [serve("sqlite", f"sqlite:///{folder / 'new.db'}")], None))
+        a, b = serve("redis-a", url), serve("redis-b", url)
+        # x1 is replica a alone; b idles meanwhile (an idle server costs no CPU).
+        setups += [Setup("redis x1", [a], (rport, rpid)), Setup("redis x2", [a, b], (rport, rpid))]
+        for setup in setups:
+            for case, (n, clients) in cases.items():
+                setup.sessions[case] = [create(setup.ports[0], args.features) for _ in range(n)]
+                wrk(setup.ports, setup.sessions[case], clients, body, args, 1.0)  # warm-up
+        for r in range(args.rounds):
+            for setup in setups[r % len(setups) :] + setups[: r % len(setups)]:
+                for case, (_, clients) in cases.items():
+                    row = measure(setup, case, clients, body, args)
+                    results.setdefault((setup.name, case), []).append(row)
+                    values = " ".join(f"{k}={v:.2f}" for k, v in row.items())
+                    print(f"round {r + 1} {setup.name:<10} {case:<10} {values}", flush=True)
+    _report(results, args)
 
 
-@contextmanager
-def _replicas(stores: list[str], folder: Path, name: str) -> Iterator[list[tuple[int, int]]]:
-    with ExitStack() as stack:
-        yield [
-            stack.enter_context(bnaas(store, folder / f"{name.replace(' ', '_')}-{i}.log"))
-            for i, store in enumerate(stores)
-        ]
+def _spread(values: list[float], fmt: str = ".0f") -> str:
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
 
 
-Rows = dict[tuple[str, str], tuple[float, float, float | None, float]]
-
-
-def _report(rows: Rows, args: argparse.Namespace) -> None:
-    print(f"fits of ({args.rows}, {args.features}) float32 .npy, ?output=false, "
-          f"{args.seconds:g} s per case, {os.cpu_count()} CPUs")  # fmt: skip
-    print(f"{'store':<10} {'case':<26} {'fits/s':>9} {'p99 ms':>9} {'retries/commit':>15} "
-          f"{'server CPU ms/fit':>18}")  # fmt: skip
-    for (name, case), (rate, p99, retries, cpu) in rows.items():
-        clients = args.hot if case == "hot" else args.clients
-        label = f"{case} ({clients} clients)"
-        r = "-" if retries is None else f"{retries:.3f}"
-        print(f"{name:<10} {label:<26} {rate:>9.0f} {p99:>9.1f} {r:>15} {cpu:>18.2f}")
+def _report(results: Results, args: argparse.Namespace) -> None:
     print()
-    for case in ("8 sessions", "hot"):
-        one, two, lite = (rows[(n, case)][0] for n in ("redis x1", "redis x2", "sqlite"))
-        floor = " (floor: 1.3)" if case == "8 sessions" else ""
-        print(f"{case}: redis x2 / redis x1 = {two / one:.2f}{floor}; "
-              f"redis x1 / sqlite = {one / lite:.2f}")  # fmt: skip
-    hot = rows[("redis x2", "hot")][2]
-    print(f"hot session, redis x2, {args.hot} clients: retries per commit = {hot:.3f} (floor: < 1)")
+    # Other work on the machine takes the cores a second replica would use: say how busy it was.
+    print(
+        "load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    )
+    print(f"fits of ({args.rows}, {args.features}) float32 .npy, ?output=false, wrk "
+          f"-t{args.threads} nice {args.nice}, {args.seconds:g} s x {args.rounds} interleaved "
+          f"rounds, {os.cpu_count()} CPUs; median [min-max]")  # fmt: skip
+    print(f"{'store':<10} {'case':<26} {'fits/s':>16} {'p99 ms':>18} {'retries/commit':>20} "
+          f"{'server CPU ms/fit':>18} {'cores':>5} {'wrk ms/fit':>11} {'errors':>7}")  # fmt: skip
+    for (name, case), rows in results.items():
+        clients = args.hot if case == "hot" else args.clients
+        col = {k: [row[k] for row in rows] for k in rows[0]}
+        retries = _spread(col["retries"], ".3f") if "retries" in col else "-"
+        print(f"{name:<10} {f'{case} ({clients} clients)':<26} {_spread(col['fits/s']):>16} "
+              f"{_spread(col['p99 ms'], '.1f'):>18} {retries:>20} "
+              f"{_spread(col['cpu ms/fit'], '.2f'):>18} "
+              f"{statistics.median(col['server cores']):>5.2f} "
+              f"{statistics.median(col['gen ms/fit']):>11.2f} "
+              f"{sum(col['errors']):>7.0f}")  # fmt: skip
+    print()
+
+    def ratio(top: str, bottom: str, case: str) -> list[float]:
+        pairs = zip(results[(top, case)], results[(bottom, case)], strict=True)
+        return [t["fits/s"] / b["fits/s"] for t, b in pairs]
+
+    for case in cases_of(results):
+        if ("sqlite old", case) in results:
+            floor = "  (floor: >= 1.3)" if case == "8 sessions" else ""
+            new_old = _spread(ratio("sqlite", "sqlite old", case), ".2f")
+            print(f"{case}: sqlite new / old = {new_old}{floor}")
+        floor = "  (floor: >= 1.3)" if case == "8 sessions" else ""
+        print(
+            f"{case}: redis x2 / x1 = {_spread(ratio('redis x2', 'redis x1', case), '.2f')}{floor}"
+        )
+    hot = [row["retries"] for row in results[("redis x2", "hot")]]
+    print(
+        f"hot, redis x2, {args.hot} clients: retries per commit = {_spread(hot, '.3f')} "
+        "(floor: < 1)"
+    )
+
+
+def cases_of(results: Results) -> list[str]:
+    return list(dict.fromkeys(case for _, case in results))
 
 
 if __name__ == "__main__":
