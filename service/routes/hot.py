@@ -15,13 +15,15 @@ SQLite's fsync (or Redis): it always runs in the thread pool, never on the loop.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
+from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from service.deps import Body
 from service.settings import Settings
@@ -85,3 +87,27 @@ def query_bool(request: Request, name: str, default: bool) -> bool | None:
         return default
     low = value.lower()
     return True if low in _TRUE else False if low in _FALSE else None
+
+
+def install(app: FastAPI, routers: Iterable[APIRouter]) -> None:
+    """Put the hot routes at the head of ``app``'s route table.
+
+    FastAPI matches a request against the included routers one route after another, with
+    per-route bookkeeping (measured: ~40% of a small V2 request's in-process time went to
+    matching). A plain Starlette ``Route`` per hot path, first in the table, matches with one
+    regex and hands the request to the same ASGI app as the documented ``HotRoute`` (which
+    stays where it is, for OpenAPI and for every other method on the path)."""
+    if not ENABLED:
+        return
+    front: list[BaseRoute] = []
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, HotRoute) and route.endpoint in _HOT:
+                shortcut = Route(route.path, _unused, methods=list(route.methods or ()))
+                shortcut.app = route.app  # the HotRoute's own handler, error handling included
+                front.append(shortcut)
+    app.router.routes[:0] = front
+
+
+async def _unused(request: Request) -> Response:  # replaced by the HotRoute's app
+    raise AssertionError("unreachable")
