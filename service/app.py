@@ -24,6 +24,7 @@ from service.routes import (
     compute,
     docs,
     history,
+    hot,
     merge,
     openapi_schema,
     probes,
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     if settings.ui_enabled:
         app.include_router(ui.router)
+    hot.install(app, (compute.router, v2.router))  # matched first: see service/routes/hot.py
     _complete_openapi(app)
     _allow_every_method(app)
     return app

@@ -136,6 +136,15 @@ class Settings(BaseSettings):
         "channel per fit): wide sessions keep fewer full entries, at least one",
     )
 
+    # --- hot routes: inline below a body size (service/routes/hot.py) ---
+    inline_max_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="transform, fit and V2 infer bodies (decompressed) up to this size are "
+        "decoded and computed on the event loop (no thread-pool hop); larger ones run in the "
+        "thread pool. A fit's durable commit always runs in the thread pool",
+    )
+
     # --- observability: metrics and dashboard ---
     metrics_dir: str = Field(
         "",

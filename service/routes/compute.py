@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 from starlette.responses import Response
 
 import bncore
@@ -26,9 +28,10 @@ from service.codecs import (
     parse_json,
     tensor_json,
 )
-from service.commit import FitOutcome
+from service.commit import Commits, FitOutcome
 from service.deps import (
     BackendDep,
+    Body,
     BodyDep,
     CommitsDep,
     IdempotencyDep,
@@ -36,14 +39,20 @@ from service.deps import (
     MetricsDep,
     SettingsDep,
     StoreDep,
+    get_body,
+    get_idempotency,
+    get_store,
+    parse_if_match,
 )
 from service.errors import MalformedBody
 from service.metrics import Metrics
+from service.routes.hot import Handler, HotRoute, hot, inline, query_bool, run
 from service.routes.openapi import PROBLEMS, headers, multi_body, tensor_body, tensor_response
-from service.stores.base import Replay, Session
+from service.settings import Settings
+from service.stores.base import Idempotency, IfMatch, Replay, Session, Store
 from service.views import etag, json_replay, to_response
 
-router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["compute"])
+router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["compute"], route_class=HotRoute)
 
 Array = Any
 
@@ -71,6 +80,12 @@ def transform(
     session_id: str, body: BodyDep, store: StoreDep, backend: BackendDep, metrics: MetricsDep
 ) -> Response:
     """Inference mode: never changes the session."""
+    return _transform(session_id, body, store, backend, metrics)
+
+
+def _transform(
+    session_id: str, body: Body, store: Store, backend: bncore.Backend, metrics: Metrics
+) -> Response:
     media = content_type(body.content_type, TENSOR_TYPES)
     answer = negotiate(body.accept, media, TENSOR_TYPES)
     session = store.read(session_id)
@@ -79,6 +94,18 @@ def transform(
     metrics.observe_op("transform", x.size)
     headers = {"ETag": etag(session.version), "Vary": "Accept"}
     return to_response(_tensor_replay(answer, y, headers, {}))
+
+
+@hot(transform)
+async def transform_hot(request: Request, slow: Handler) -> Response:
+    """``transform`` on the event loop for a small body, in the thread pool for a large one."""
+    body = await get_body(request)
+    store = await get_store(request)
+    state = request.app.state
+    sid: str = request.path_params["session_id"]
+    return await run(
+        inline(request, body), lambda: _transform(sid, body, store, state.backend, state.metrics)
+    )
 
 
 @router.post(
@@ -115,15 +142,65 @@ def fit(
 ) -> Response:
     """Atomic: the batch is applied exactly once, or not at all (with Idempotency-Key, a
     retry returns the first answer)."""
-    media = content_type(body.content_type, TENSOR_TYPES)
-    answer = negotiate(body.accept, media, TENSOR_TYPES) if output else JSON
-    session = store.read(session_id)
-    # Every body is converted to the session's dtype (fixed at creation; service/dtypes.py).
-    x = backend.asarray(decode_tensor(body.data, media, session.state.config.dtype))
-    out = commits.fit(store, session, x, if_match=if_match, idem=idem, output=output)
-    observe_fit(metrics, session, out, x.size)
-    max_header = settings.stats_header_max_features
-    return to_response(_fit_answer(out, answer, max_header), replayed=out.replayed)
+    fit = _Fit(session_id, body, store, settings, output)
+    return fit.commit(fit.decode(backend), commits, if_match, idem, metrics)
+
+
+class _Fit:
+    """A fit in two steps: ``decode`` (no I/O beyond a cached read: may run on the event loop)
+    and ``commit`` (waits for the store's durable commit: never on the event loop)."""
+
+    def __init__(
+        self, session_id: str, body: Body, store: Store, settings: Settings, output: bool
+    ) -> None:
+        self.media = content_type(body.content_type, TENSOR_TYPES)
+        self.answer = negotiate(body.accept, self.media, TENSOR_TYPES) if output else JSON
+        self.body, self.store, self.output = body, store, output
+        self.session_id, self.max_header = session_id, settings.stats_header_max_features
+
+    def decode(self, backend: bncore.Backend) -> tuple[Session, Array]:
+        session = self.store.read(self.session_id)
+        # Every body is converted to the session's dtype (fixed at creation; service/dtypes.py).
+        x = decode_tensor(self.body.data, self.media, session.state.config.dtype)
+        return session, backend.asarray(x)
+
+    def commit(
+        self,
+        decoded: tuple[Session, Array],
+        commits: Commits,
+        if_match: IfMatch,
+        idem: Idempotency | None,
+        metrics: Metrics,
+    ) -> Response:
+        session, x = decoded
+        out = commits.fit(self.store, session, x, if_match=if_match, idem=idem, output=self.output)
+        observe_fit(metrics, session, out, x.size)
+        return to_response(_fit_answer(out, self.answer, self.max_header), replayed=out.replayed)
+
+
+@hot(fit)
+async def fit_hot(request: Request, slow: Handler) -> Response:
+    """``fit`` with the decode on the event loop for a small body (in the thread pool for a
+    large one) and the commit, which waits for fsync, always in the thread pool."""
+    output = query_bool(request, "output", True)
+    if output is None:
+        return await slow(request)  # FastAPI's 422 for a value it cannot read
+    body = await get_body(request)
+    if_match = parse_if_match(request.headers.get("if-match"))
+    idem = await get_idempotency(request)
+    store = await get_store(request)
+    state = request.app.state
+    fit = _Fit(request.path_params["session_id"], body, store, state.settings, output)
+    commits: Commits = state.commits
+    metrics: Metrics = state.metrics
+    if inline(request, body):
+        decoded = fit.decode(state.backend)
+        return await run_in_threadpool(fit.commit, decoded, commits, if_match, idem, metrics)
+
+    def work() -> Response:
+        return fit.commit(fit.decode(state.backend), commits, if_match, idem, metrics)
+
+    return await run_in_threadpool(work)
 
 
 def observe_fit(metrics: Metrics, session: Session, out: FitOutcome, values: int) -> None:

@@ -6,27 +6,36 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 import bncore
+from bncore import Backend
 from service import __version__
+from service.commit import Commits
 from service.deps import (
     BackendDep,
+    Body,
     BodyDep,
     CommitsDep,
     IdempotencyDep,
     MetricsDep,
     RawStoreDep,
     StoreDep,
+    get_body,
+    get_idempotency,
+    get_store,
 )
 from service.errors import ServiceError, StoreUnavailable
+from service.metrics import Metrics
 from service.routes.compute import observe_fit
+from service.routes.hot import Handler, HotRoute, hot, inline, run
 from service.routes.openapi import headers
-from service.stores.base import Replay, Session
+from service.stores.base import Idempotency, Replay, Session, Store
 from service.v2codec import INPUT, OUTPUT, InferRequest, datatype, decode_infer, encode_infer
 from service.views import json_replay, to_response
 
-router = APIRouter(prefix="/v2", tags=["v2"])
+router = APIRouter(prefix="/v2", tags=["v2"], route_class=HotRoute)
 
 
 class UnknownVersion(ServiceError):
@@ -123,22 +132,69 @@ def infer(
     version: str | None = None,
 ) -> Response:
     _check_version(session_id, version)
+    decoded = _decode(session_id, request, body, store)
+    if decoded[1].mode == "transform":
+        return _transform(session_id, decoded, backend, metrics)
+    return _fit(session_id, decoded, store, commits, backend, idem, metrics)
+
+
+def _decode(
+    session_id: str, request: Request, body: Body, store: Store
+) -> tuple[Session, InferRequest]:
     session = store.read(session_id)
     req = decode_infer(
         body.data,
         request.headers.get("inference-header-content-length"),
         session.state.config.dtype,
     )
-    if req.mode == "transform":
-        y = bncore.transform(session.state, backend.asarray(req.x))
-        metrics.observe_op("transform", req.x.size)
-        return _answer(session_id, req, y, {"mode": "transform"})
+    return session, req
+
+
+def _transform(
+    session_id: str, decoded: tuple[Session, InferRequest], backend: Backend, metrics: Metrics
+) -> Response:
+    session, req = decoded
+    y = bncore.transform(session.state, backend.asarray(req.x))
+    metrics.observe_op("transform", req.x.size)
+    return _answer(session_id, req, y, {"mode": "transform"})
+
+
+def _fit(
+    session_id: str,
+    decoded: tuple[Session, InferRequest],
+    store: Store,
+    commits: Commits,
+    backend: Backend,
+    idem: Idempotency | None,
+    metrics: Metrics,
+) -> Response:
+    session, req = decoded
     out = commits.fit(store, session, backend.asarray(req.x), idem=idem)
     observe_fit(metrics, session, out, req.x.size)
     assert out.output is not None
     params = {"mode": "fit", "num_batches_tracked": out.record.num_batches_tracked}
     data, headers, media = encode_infer(session_id, req, bncore.to_host(out.output), params)
     return to_response(Replay(200, media, data, headers), replayed=out.replayed)
+
+
+@hot(infer)
+async def infer_hot(request: Request, slow: Handler) -> Response:
+    """``infer`` on the event loop for a small body (in the thread pool for a large one); a
+    fit's commit, which waits for fsync, always in the thread pool."""
+    sid: str = request.path_params["session_id"]
+    body = await get_body(request)
+    store = await get_store(request)
+    idem = await get_idempotency(request)
+    _check_version(sid, request.path_params.get("version"))
+    state = request.app.state
+    backend: Backend = state.backend
+    metrics: Metrics = state.metrics
+    commits: Commits = state.commits
+    small = inline(request, body)
+    decoded = await run(small, lambda: _decode(sid, request, body, store))
+    if decoded[1].mode == "transform":
+        return await run(small, lambda: _transform(sid, decoded, backend, metrics))
+    return await run_in_threadpool(_fit, sid, decoded, store, commits, backend, idem, metrics)
 
 
 def _answer(model: str, req: InferRequest, y: Any, params: dict[str, Any]) -> Response:
