@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,23 @@ def old_file(path: Path) -> None:
 
 def fit(store: SQLiteStore, sid: str) -> None:
     Commits().fit(store, store.read(sid), X, output=False)
+
+
+@contextmanager
+def writers_queued(path: Path, store: SQLiteStore, at_least: int = 2) -> Iterator[None]:
+    """Hold the database's write lock from another connection until ``at_least`` commits wait
+    in the store's queue, so that the next transaction is shared whatever the scheduling (the
+    wait is for readiness, bounded; nothing here is a timing assertion)."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        deadline = time.monotonic() + 10
+        while len(store._group._queue) < at_least and time.monotonic() < deadline:
+            time.sleep(0.001)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
 
 
 def test_a_file_from_before_the_owner_column_opens_and_works(tmp_path: Path) -> None:
@@ -125,8 +143,9 @@ def test_commits_queued_behind_a_transaction_share_the_next_one(tmp_path: Path) 
             fit(store, sid)
 
     threads = [threading.Thread(target=worker, args=(f"s{i}",)) for i in range(16)]
-    for t in threads:
-        t.start()
+    with writers_queued(tmp_path / "group.db", store):
+        for t in threads:
+            t.start()
     for t in threads:
         t.join()
     batches = store._group.batches - before[0]
@@ -233,8 +252,9 @@ def test_fits_to_one_hot_session_share_transactions_without_conflicts(tmp_path: 
             commits.fit(store, store.read("hot"), X, output=False)
 
     threads = [threading.Thread(target=worker) for _ in range(16)]
-    for t in threads:
-        t.start()
+    with writers_queued(tmp_path / "hot.db", store):
+        for t in threads:
+            t.start()
     for t in threads:
         t.join()
     assert counts.outcomes == {"committed": 160}
