@@ -384,7 +384,16 @@ def decode_named(body: bytes, media: str, names: tuple[str, ...], dtype: str) ->
         return {
             k: to_session_dtype(v, dtype, f"tensor {k!r}") for k, v in tensors.items() if k in names
         }
-    doc = parse_json(body)
+    return decode_named_json(body, parse_json(body), names, dtype)
+
+
+@decode_boundary
+def decode_named_json(
+    body: bytes, doc: Any, names: tuple[str, ...], dtype: str
+) -> dict[str, Array]:
+    """``decode_named`` for a JSON ``body`` already parsed as ``doc`` (a route that also reads
+    other members of the document parses it once)."""
+    check_session_dtype(dtype)
     if not isinstance(doc, dict):
         raise MalformedBody(f"JSON body must be an object with members {', '.join(names)}")
     json_dtype(doc)

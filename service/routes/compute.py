@@ -20,6 +20,7 @@ from service.codecs import (
     TENSOR_TYPES,
     content_type,
     decode_named,
+    decode_named_json,
     decode_tensor,
     dumps,
     encode_npy,
@@ -337,11 +338,14 @@ def fold(
     media = content_type(body.content_type, MULTI_TYPES)
     answer = negotiate(body.accept, media, MULTI_TYPES)
     session = store.read(session_id)
-    tensors = decode_named(body.data, media, ("weight", "bias"), session.state.config.dtype)
-    if media == JSON:
+    names, dtype = ("weight", "bias"), session.state.config.dtype
+    if media == JSON:  # parsed once: the tensors and the transposed/groups members
         doc = parse_json(body.data)
+        tensors = decode_named_json(body.data, doc, names, dtype)
         transposed = _flag(doc, "transposed", transposed)
         groups = _int(doc, "groups", groups)
+    else:
+        tensors = decode_named(body.data, media, names, dtype)
     w = backend.asarray(_require(tensors, "weight"))
     b = tensors.get("bias")
     fw, fb = bncore.fold(
