@@ -7,11 +7,9 @@ Everything else in bncore takes its namespace from its inputs (``namespace(x)``)
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Literal, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +20,6 @@ __all__ = [
     "Device",
     "is_host",
     "namespace",
-    "parallel_map",
     "select",
     "to_host",
 ]
@@ -30,8 +27,6 @@ __all__ = [
 #: A numpy.ndarray, or a cupy.ndarray that duck-types it.
 Array: TypeAlias = npt.NDArray[Any]
 Device = Literal["auto", "cpu", "cuda"]
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -110,18 +105,4 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-_pool: ThreadPoolExecutor | None = None
 THREADS = _cpu_count()
-
-
-def parallel_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """Map ``fn`` over ``items``: the first in the calling thread, the rest on a shared pool
-    (the C kernels release the GIL, so they scale with cores)."""
-    global _pool
-    if len(items) <= 1 or THREADS <= 1:
-        return [fn(i) for i in items]
-    if _pool is None:
-        _pool = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="bncore")
-    rest = [_pool.submit(fn, i) for i in items[1:]]
-    first = fn(items[0])
-    return [first, *(f.result() for f in rest)]

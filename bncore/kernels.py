@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bncore.backend import THREADS, Array, is_host, namespace, parallel_map
+from bncore.backend import THREADS, Array, is_host, namespace
 
 if TYPE_CHECKING:
     from bncore.moments import Moments
@@ -41,45 +41,27 @@ def _applies(x3: Array) -> bool:
     )
 
 
-def _chunks(a: int, size: int) -> list[tuple[int, int]]:
-    """Row ranges, one per thread for big arrays, else one."""
-    if size < _PARALLEL:
-        return [(0, a)]
-    parts = min(THREADS, a)
-    bounds = [a * k // parts for k in range(parts + 1)]
-    return [(bounds[k], bounds[k + 1]) for k in range(parts) if bounds[k] < bounds[k + 1]]
+def _threads(a: int, size: int) -> int:
+    """Threads to split ``a`` rows over: one per core for big arrays, else one (below
+    ``_PARALLEL`` elements a second thread costs more than it saves)."""
+    return 1 if size < _PARALLEL else max(1, min(THREADS, a))
 
 
 def moments(x3: Array) -> tuple[Array, Array, bool] | None:
     """Per-channel mean and M2 (float64) of a (A, C, B) array, and whether M2 is finite
     everywhere. In C, each cache-sized piece gets an exact two-pass mean and M2 in double,
-    folded in with Chan's update; the threads' row ranges are merged with ``Moments.merge``."""
+    folded in with Chan's update; big arrays are split by rows over OpenMP threads, whose
+    ranges are merged in order with the same update."""
     if not _applies(x3) or x3.size == 0:
         return None
     xp = namespace(x3)
     a, c, b = x3.shape
-    chunks = _chunks(a, x3.size)
-    if len(chunks) == 1:  # small: no pool hand-off
-        mean, m2 = xp.empty(c), xp.empty(c)
+    mean, m2 = xp.empty(c), xp.empty(c)
+    threads = _threads(a, x3.size)
+    if threads == 1:  # small: no fork
         return mean, m2, _cpu.moments(x3, a, c, b, 0, a, mean, m2)
-    if _cpu.OPENMP:  # the threads in C: a fork costs microseconds, not a pool's tens
-        mean, m2 = xp.empty(c), xp.empty(c)
-        return mean, m2, _cpu.moments_mt(x3, a, c, b, len(chunks), mean, m2)
-    means = xp.empty((len(chunks), c))
-    m2s = xp.empty((len(chunks), c))
-
-    def run(k: int) -> bool:
-        r0, r1 = chunks[k]
-        return _cpu.moments(x3, a, c, b, r0, r1, means[k], m2s[k])
-
-    finite = all(parallel_map(run, list(range(len(chunks)))))
-    from bncore.moments import Moments  # here, not at the top: moments imports this module
-
-    total = Moments.zeros(c, xp)
-    with xp.errstate(invalid="ignore", over="ignore"):  # NaN/Inf input: the policy decides
-        for k, (r0, r1) in enumerate(chunks):
-            total = total.merge(Moments(xp.full(c, float((r1 - r0) * b)), means[k], m2s[k]))
-    return total.mean, total.m2, finite
+    # The threads in C: an OpenMP fork costs microseconds, a Python pool's hand-off tens.
+    return mean, m2, _cpu.moments_mt(x3, a, c, b, threads, mean, m2)
 
 
 def affine(x3: Array, center: Array, scale: Array, offset: Array) -> tuple[Array, bool] | None:
@@ -92,16 +74,10 @@ def affine(x3: Array, center: Array, scale: Array, offset: Array) -> tuple[Array
         return None
     a, c, b = x3.shape
     out = np.empty_like(x3)
-    chunks = _chunks(a, x3.size)
-    if len(chunks) == 1:
+    threads = _threads(a, x3.size)
+    if threads == 1:
         return out, _cpu.affine(x3, a, c, b, 0, a, center, scale, offset, out)
-    if _cpu.OPENMP:
-        return out, _cpu.affine_mt(x3, a, c, b, len(chunks), center, scale, offset, out)
-
-    def run(chunk: tuple[int, int]) -> Any:
-        return _cpu.affine(x3, a, c, b, chunk[0], chunk[1], center, scale, offset, out)
-
-    return out, all(parallel_map(run, chunks))
+    return out, _cpu.affine_mt(x3, a, c, b, threads, center, scale, offset, out)
 
 
 def _host_vector(a: Array) -> bool:
