@@ -4,7 +4,6 @@ and fails in CI (``tests.tools.require``)."""
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools import require
+from tests.tools import kill_process, require, stop_process
 
 
 def _free_port() -> int:
@@ -78,18 +77,11 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM: Redis fsyncs the AOF and exits."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc)
 
     def kill(self) -> None:
         """SIGKILL: what was not yet fsynced is lost, as in a power cut of the process."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        kill_process(self.proc)
 
     def restart(self) -> RedisServer:
         self.stop()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 
 import pytest
 
@@ -29,3 +31,20 @@ def require(command: str) -> str:
         missing(f"{command} is not installed")
         raise AssertionError("unreachable")  # missing() raises
     return path
+
+
+def kill_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL a process the tests started (if it still runs) and reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 15.0) -> None:
+    """SIGTERM a process the tests started, then SIGKILL it if it outlives ``grace_s``."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            kill_process(proc)

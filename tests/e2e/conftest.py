@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from tests.e2e.docker_engine import Engine, docker_engine_fixture
+from tests.tools import kill_process, stop_process
 
 
 def free_port() -> int:
@@ -90,17 +90,10 @@ class Server:
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush; what is durable must already be on disk."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        kill_process(self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc)
 
 
 @pytest.fixture
