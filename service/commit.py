@@ -15,10 +15,11 @@ for byte, and nothing is applied twice.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
@@ -29,6 +30,7 @@ import bncore
 from service.errors import StoreUnavailable
 from service.records import FitRecord, pack, unpack
 from service.stores.base import (
+    CommitResult,
     Committed,
     CorruptRecord,
     Duplicate,
@@ -95,6 +97,14 @@ class ChangeOutcome:
     replayed: bool
 
 
+@dataclass(frozen=True)
+class _FitPlan:
+    """A fit past its replay check: the commit loop to drive, then its answer from the result."""
+
+    steps: Steps[tuple[Session, Session, FitRecord] | Receipt]
+    finish: Callable[[tuple[Session, Session, FitRecord] | Receipt], FitOutcome]
+
+
 @dataclass
 class _Flight:
     """One session's single-flight lock, and the session as the last commit handed to the
@@ -153,6 +163,54 @@ def _locked(flight: _Flight, session_id: str, timeout_s: float) -> Iterator[None
         flight.lock.release()
 
 
+# The commit loop as a generator: it yields a pending commit (sent back its outcome) or seconds
+# to back off (sent back None), and returns its result.
+Steps = Generator[PendingCommit | float, CommitResult | None, T]
+
+
+def _drive(steps: Steps[T]) -> T:
+    """Run the commit loop in this thread: block on each commit, sleep each back-off."""
+    answer: CommitResult | None = None
+    error: BaseException | None = None
+    while True:
+        try:  # the loop forgets a commit that raised, and raises on
+            step = steps.send(answer) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        answer, error = None, None
+        try:
+            if isinstance(step, float):
+                time.sleep(step)
+            else:
+                answer = step.result()
+        except BaseException as exc:
+            error = exc
+
+
+async def _drive_async(steps: Steps[T]) -> T:
+    """Run the commit loop on the event loop: await each commit and each back-off."""
+    answer: CommitResult | None = None
+    error: BaseException | None = None
+    try:
+        while True:
+            try:
+                step = steps.send(answer) if error is None else steps.throw(error)
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            answer, error = None, None
+            try:
+                if isinstance(step, float):
+                    await asyncio.sleep(step)
+                else:
+                    answer = await step.wait()
+            except BaseException as exc:
+                error = exc
+    finally:
+        steps.close()  # a cancelled request still leaves the session's flight
+
+
 # What a combine step gives the loop: the new state, how to make the receipt payload (only
 # called for requests with an Idempotency-Key), the history entry and a value for the caller.
 Built = tuple[bncore.BNState, Callable[[], bytes], HistoryEntry | None, T]
@@ -191,15 +249,17 @@ class Commits:
         build: Callable[[Session], Built[T]],
         if_match: IfMatch,
         idem: Idempotency | None,
-    ) -> tuple[Session, Session, T] | Receipt:
+    ) -> Steps[tuple[Session, Session, T] | Receipt]:
         """Combine on the current state and commit until committed; (before, after, value),
-        or the receipt of a duplicate.
+        or the receipt of a duplicate. A generator of what to wait for (a pending commit, or
+        seconds of back-off), driven by ``_drive`` in a thread or ``_drive_async`` on the
+        event loop, so that both run this one loop.
 
         The session's lock is held while combining and handing the commit to the store, not
         while the store makes it durable: the next fit combines on the predicted state (and
         may only land if this commit does), so fits to one session share a group commit."""
         with self._flights.hold(snapshot.id) as flight:
-            return self._attempts(store, flight, snapshot, build, if_match, idem)
+            return (yield from self._attempts(store, flight, snapshot, build, if_match, idem))
 
     def _attempts(
         self,
@@ -209,7 +269,7 @@ class Commits:
         build: Callable[[Session], Built[T]],
         if_match: IfMatch,
         idem: Idempotency | None,
-    ) -> tuple[Session, Session, T] | Receipt:
+    ) -> Steps[tuple[Session, Session, T] | Receipt]:
         sid = snapshot.id
         current, after, fresh = snapshot, None, False
         for attempt in range(self._retries + 1):
@@ -241,10 +301,11 @@ class Commits:
                 flight.last, flight.pending = predicted, pending
                 before = current
             try:
-                out = pending.result()  # durable (or refused), with no lock held
+                out = yield pending  # durable (or refused), with no lock held
             except BaseException:
                 _forget(flight, pending)
                 raise
+            assert out is not None
             if isinstance(out, Committed):
                 self.events.observe_commit("committed")
                 return before, out.session, value
@@ -256,7 +317,7 @@ class Commits:
             self.events.observe_commit("conflict")
             self.events.observe_retry()
             # Another process committed: spread the retries of racing replicas apart.
-            time.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
+            yield random.uniform(0, min(0.02, 0.0005 * 2**attempt))
             current, after, fresh = store.read(sid), None, True
         raise StoreUnavailable(
             f"session {sid!r} changed under {self._retries + 1} commits in a row; retry",
@@ -273,6 +334,33 @@ class Commits:
         output: bool = True,
     ) -> FitOutcome:
         """Fit ``x`` (an array of the backend) into ``session`` (as read, owner checked)."""
+        plan = self._fit(store, session, x, if_match, idem, output)
+        return plan if isinstance(plan, FitOutcome) else plan.finish(_drive(plan.steps))
+
+    async def fit_async(
+        self,
+        store: Store,
+        session: Session,
+        x: Array,
+        *,
+        if_match: IfMatch = None,
+        idem: Idempotency | None = None,
+        output: bool = True,
+    ) -> FitOutcome:
+        """``fit`` on the event loop, for a small ``x`` and a ``loop_safe`` store: waiting
+        for durability yields to the loop instead of holding a thread."""
+        plan = self._fit(store, session, x, if_match, idem, output)
+        return plan if isinstance(plan, FitOutcome) else plan.finish(await _drive_async(plan.steps))
+
+    def _fit(
+        self,
+        store: Store,
+        session: Session,
+        x: Array,
+        if_match: IfMatch,
+        idem: Idempotency | None,
+        output: bool,
+    ) -> FitOutcome | _FitPlan:
         known = self._known(store, session.id, idem)
         if known is not None:
             return self._replayed_fit(session, x, FitRecord.from_bytes(known.payload), output)
@@ -283,12 +371,14 @@ class Commits:
             record = _fit_record(current, state, batch)
             return state, record.to_bytes, record.history_entry(), record
 
-        out = self._loop(store, session, build, if_match, idem)
-        if isinstance(out, Receipt):
-            return self._replayed_fit(session, x, FitRecord.from_bytes(out.payload), output)
-        before, _, record = out
-        y = bncore.normalize(before.state, x, batch) if output else None
-        return FitOutcome(record, y, False)
+        def finish(out: tuple[Session, Session, FitRecord] | Receipt) -> FitOutcome:
+            if isinstance(out, Receipt):
+                return self._replayed_fit(session, x, FitRecord.from_bytes(out.payload), output)
+            before, _, record = out
+            y = bncore.normalize(before.state, x, batch) if output else None
+            return FitOutcome(record, y, False)
+
+        return _FitPlan(self._loop(store, session, build, if_match, idem), finish)
 
     def _replayed_fit(
         self, session: Session, x: Array, record: FitRecord, output: bool
@@ -327,7 +417,7 @@ class Commits:
             before = current.state
             return fn(before), lambda: bncore.state_to_bytes(before), None, None
 
-        out = self._loop(store, session, build, if_match, idem)
+        out = _drive(self._loop(store, session, build, if_match, idem))
         if isinstance(out, Receipt):
             return self._replayed_change(store, session, out)
         before, after, _ = out

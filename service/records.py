@@ -139,12 +139,9 @@ class FitRecord:
 
     def history_entry(self) -> HistoryEntry:
         """The history entry of this fit, full (per-channel values) and brief (summary only)."""
-        full = pack(
-            self._meta(), {"mean": self.batch.mean, "var": self.var, **self._drift_arrays()}
-        )
-        return HistoryEntry(
-            self.version, self.time, full, pack(self._meta(), {}), int(self.batch.mean.size)
-        )
+        meta = self._meta()
+        full = pack(meta, {"mean": self.batch.mean, "var": self.var, **self._drift_arrays()})
+        return HistoryEntry(self.version, self.time, full, pack(meta, {}), self.batch.mean.size)
 
     def drift_json(self) -> dict[str, Any] | None:
         """The fit answer's ``drift`` member (None when the session tracks no running stats)."""

@@ -50,7 +50,7 @@ from service.metrics import Metrics
 from service.routes.hot import Handler, HotRoute, hot, inline, query_bool, run
 from service.routes.openapi import PROBLEMS, headers, multi_body, tensor_body, tensor_response
 from service.settings import Settings
-from service.stores.base import Idempotency, IfMatch, Replay, Session, Store
+from service.stores.base import Idempotency, IfMatch, Replay, Session, Store, loop_safe
 from service.views import etag, json_replay, to_response
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["compute"], route_class=HotRoute)
@@ -175,6 +175,24 @@ class _Fit:
     ) -> Response:
         session, x = decoded
         out = commits.fit(self.store, session, x, if_match=if_match, idem=idem, output=self.output)
+        return self.answer_for(session, x, out, metrics)
+
+    async def commit_async(
+        self,
+        decoded: tuple[Session, Array],
+        commits: Commits,
+        if_match: IfMatch,
+        idem: Idempotency | None,
+        metrics: Metrics,
+    ) -> Response:
+        """``commit`` on the event loop (a small batch, a ``loop_safe`` store)."""
+        session, x = decoded
+        out = await commits.fit_async(
+            self.store, session, x, if_match=if_match, idem=idem, output=self.output
+        )
+        return self.answer_for(session, x, out, metrics)
+
+    def answer_for(self, session: Session, x: Array, out: FitOutcome, metrics: Metrics) -> Response:
         observe_fit(metrics, session, out, x.size)
         return to_response(_fit_answer(out, self.answer, self.max_header), replayed=out.replayed)
 
@@ -182,7 +200,8 @@ class _Fit:
 @hot(fit)
 async def fit_hot(request: Request, slow: Handler) -> Response:
     """``fit`` with the decode on the event loop for a small body (in the thread pool for a
-    large one) and the commit, which waits for fsync, always in the thread pool."""
+    large one). The commit waits for fsync (or Redis): on the loop, as an awaited group
+    commit, for a small body and a ``loop_safe`` store; else in the thread pool."""
     output = query_bool(request, "output", True)
     if output is None:
         return await slow(request)  # FastAPI's 422 for a value it cannot read
@@ -196,6 +215,8 @@ async def fit_hot(request: Request, slow: Handler) -> Response:
     metrics: Metrics = state.metrics
     if inline(request, body):
         decoded = fit.decode(state.backend)
+        if loop_safe(store):  # waiting for the commit yields to the loop: no thread hop
+            return await fit.commit_async(decoded, commits, if_match, idem, metrics)
         return await run_in_threadpool(fit.commit, decoded, commits, if_match, idem, metrics)
 
     def work() -> Response:

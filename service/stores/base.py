@@ -177,6 +177,10 @@ class PendingCommit(Protocol):
         """Block until the commit is durable (or refused); raises what ``commit`` raises."""
         ...
 
+    async def wait(self) -> CommitResult:
+        """``result`` for a caller on an event loop: never blocks the loop."""
+        ...
+
 
 @dataclass(frozen=True)
 class Ready:
@@ -186,6 +190,16 @@ class Ready:
 
     def result(self) -> CommitResult:
         return self.outcome
+
+    async def wait(self) -> CommitResult:
+        return self.outcome
+
+
+def loop_safe(store: Store) -> bool:
+    """Whether a commit may be submitted and awaited from the event loop: the store's reads
+    and ``submit_commit`` never wait on the network (memory, SQLite: a commit only queues).
+    Others (Redis) are driven from the thread pool."""
+    return bool(getattr(store, "loop_safe", False))
 
 
 def submit_commit(

@@ -1,16 +1,22 @@
 """Group commit: writers queued behind a running transaction share the next one (and its
 single fsync), each acknowledged only after its own data is durable.
 
-No thread of its own: the first writer to arrive leads, runs every queued write in one batch
-when it waits for its own, then hands the lead to the oldest writer still queued (whose write
-then goes out with everything queued behind it). ``enqueue`` only queues, so a caller can
-release its own locks before it ``wait``s: writes queued meanwhile join the same batch. A
-batch's outcome is per write (its result or its domain error) unless the transaction itself
-fails, in which case every write of it fails.
+The first writer to arrive leads: it runs every queued write in one batch when it waits for its
+own, then hands the lead to the oldest writer still queued (whose write then goes out with
+everything queued behind it). ``enqueue`` only queues, so a caller can release its own locks
+before it ``wait``s: writes queued meanwhile join the same batch. A batch's outcome is per write
+(its result or its domain error) unless the transaction itself fails, in which case every write
+of it fails.
+
+A writer on an event loop must not run a batch (it would stall the loop for an fsync):
+``wait_async`` hands its lead to one helper thread, started on first use, and is woken through
+the loop when its batch is durable. Measured on a 32x64 fit: the thread-pool hop this saves
+cost more than the fit's own work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +35,7 @@ class Write(Generic[C]):
     fn: Callable[[C], Any]
     wake: threading.Event = field(default_factory=threading.Event)
     lead: bool = False  # this write's waiter runs the next batch
+    done: Callable[[], None] | None = None  # an async waiter's wake-up: it never leads
     finished: bool = False
     result: Any = None
     error: BaseException | None = None
@@ -47,6 +54,8 @@ class GroupCommit(Generic[C]):
         self._guard = threading.Lock()
         self._queue: list[Write[C]] = []
         self._leading = False
+        self._helper: threading.Thread | None = None
+        self._helper_turn = threading.Event()  # the helper thread leads the next batch
         self.batches = 0  # batches run (a commit and an fsync each): for tests and benchmarks
         self.writes = 0
 
@@ -75,6 +84,47 @@ class GroupCommit(Generic[C]):
             raise write.error
         return write.result
 
+    async def wait_async(self, write: Write[C]) -> Any:
+        """``wait`` for a writer on an event loop: the batch runs in another thread."""
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def done() -> None:  # in the batch's thread
+            loop.call_soon_threadsafe(_resolve, woken)
+
+        with self._guard:
+            if not write.finished:
+                write.done = done
+                if write.lead:
+                    write.lead = False
+                    self._hand_lead(write)
+        while not write.finished:
+            try:
+                await asyncio.wait_for(asyncio.shield(woken), self._timeout_s)
+            except TimeoutError:
+                self._withdraw(write)
+        if write.error is not None:
+            raise write.error
+        return write.result
+
+    def _hand_lead(self, write: Write[C]) -> None:
+        """Make ``write``'s waiter lead the next batch, or the helper thread if it cannot
+        (called with the guard held)."""
+        if write.done is None:
+            write.lead = True
+            write.wake.set()
+            return
+        if self._helper is None:
+            self._helper = threading.Thread(target=self._serve, name="group-commit", daemon=True)
+            self._helper.start()
+        self._helper_turn.set()
+
+    def _serve(self) -> None:
+        while True:
+            self._helper_turn.wait()
+            self._helper_turn.clear()
+            self._lead()
+
     def _withdraw(self, write: Write[C]) -> None:
         # A batch runs in bounded time (the store's busy timeout and one fsync); if that bound
         # passes while the write is still queued, it never ran: withdraw it and say so.
@@ -85,6 +135,8 @@ class GroupCommit(Generic[C]):
                     f"the store took longer than {self._timeout_s:g} s to accept a write"
                 )
                 write.finished = True
+                if write.done is not None:
+                    write.done()
 
     def _lead(self) -> None:
         with self._guard:
@@ -101,9 +153,14 @@ class GroupCommit(Generic[C]):
                 for w in batch:
                     w.lead, w.finished = False, True
                     w.wake.set()
+                    if w.done is not None:
+                        w.done()
                 if self._queue:
-                    nxt = self._queue[0]
-                    nxt.lead = True  # it leads the next batch (its own write is in it)
-                    nxt.wake.set()
+                    self._hand_lead(self._queue[0])  # its own write is in the next batch
                 else:
                     self._leading = False
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

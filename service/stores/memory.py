@@ -47,6 +47,8 @@ class MemoryStore:
     """Sessions live in this process only, so a second worker would see other sessions:
     ``StoreOptions.workers > 1`` is refused."""
 
+    loop_safe = True  # every call is in memory (see base.loop_safe)
+
     def __init__(self, options: StoreOptions | None = None) -> None:
         options = options or StoreOptions()
         if options.workers > 1:

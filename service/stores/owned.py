@@ -20,6 +20,7 @@ from service.stores.base import (
     Session,
     Store,
     create_scope,
+    loop_safe,
     submit_commit,
 )
 
@@ -30,6 +31,7 @@ class OwnedStore:
     def __init__(self, inner: Store, owner: str) -> None:
         self.inner = inner
         self.owner = owner
+        self.loop_safe = loop_safe(inner)
 
     def read(self, session_id: str, owner: str | None = None) -> Session:
         return self.inner.read(session_id, self.owner)

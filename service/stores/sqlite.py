@@ -54,6 +54,8 @@ Row = tuple[Any, ...]
 class SQLiteStore:
     """Sessions as rows of compact binary state records (``bncore.state_to_bytes``)."""
 
+    loop_safe = True  # a commit only queues; reads are local (see base.loop_safe)
+
     def __init__(
         self, path: Path, options: StoreOptions | None = None, xp: ModuleType = np
     ) -> None:
@@ -203,6 +205,8 @@ class SQLiteStore:
         self._fault, self._wrote = None, True
         for w, (result, error) in zip(batch, outcomes, strict=True):
             w.result, w.error = result, error
+            if isinstance(result, Committed):  # durable: later reads skip decoding it
+                self._cache.put(result.session)
 
     def _reset_writer(self) -> None:
         # After a failed write the connection may hold a half-open transaction or have been
@@ -453,8 +457,11 @@ class _Pending:
     def result(self) -> CommitResult:
         assert self.write is not None
         out: CommitResult = self._store._group.wait(self.write)
-        if isinstance(out, Committed):
-            self._store._cache.put(out.session)  # later reads skip decoding this version
+        return out
+
+    async def wait(self) -> CommitResult:
+        assert self.write is not None
+        out: CommitResult = await self._store._group.wait_async(self.write)
         return out
 
 

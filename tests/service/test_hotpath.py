@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 
 import bncore
 from service.app import create_app
-from service.commit import Commits
 from service.routes import compute, hot, v2
 from service.settings import Settings
+from service.stores import SQLiteStore
 from tests.service.conftest import NPY, create, from_npy, npy, state_of
 
 SMALL = np.arange(12, dtype=np.float32).reshape(4, 3)
@@ -91,8 +91,9 @@ def test_fit_both_ways_is_durable(x: np.ndarray[Any, Any], hops: list[str], tmp_
         )
         v = c.post(f"/v2/models/{sid}/infer", content=_infer_body(x, "fit"))
         assert v.status_code == 200, v.text
-    # The commit never runs on the loop: one hop for the commit (inline decode) or the whole.
-    assert hops == (["commit", "_fit"] if x is SMALL else ["work", "<lambda>", "_fit"])
+    # A small fit needs no hop (its group commit runs in another thread while the loop
+    # awaits it); a large one hops once for the whole. (The V2 fit hops for its commit.)
+    assert hops == (["_fit"] if x is SMALL else ["work", "<lambda>", "_fit"])
     with _app(db) as c:
         stats = state_of(c, sid)
     assert stats["num_batches_tracked"] == 2
@@ -159,16 +160,18 @@ def test_loop_free_during_a_large_transform(
 def test_loop_free_during_a_small_fit_commit(
     gate: tuple[threading.Event, threading.Event], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A small fit is decoded inline, but its commit (fsync) never holds the loop."""
+    """A small fit is decoded and combined inline, but its commit's transaction (and fsync)
+    never holds the loop: the loop awaits it."""
     entered, release = gate
-    real = Commits.fit
+    real = SQLiteStore._run
 
-    def held(self: Commits, *args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        release.wait(30)
-        return real(self, *args, **kwargs)
+    def held(self: SQLiteStore, batch: Any) -> None:
+        if any(w.done is not None for w in batch):  # the fit's batch, not the create's
+            entered.set()
+            release.wait(30)
+        real(self, batch)
 
-    monkeypatch.setattr(Commits, "fit", held)
+    monkeypatch.setattr(SQLiteStore, "_run", held)
     with _app(tmp_path / "bn.db") as c:
         sid = create(c)
         _loop_answers_while_in_flight(c, f"/v1/sessions/{sid}/fit", npy(SMALL), entered, release)

@@ -3,6 +3,7 @@ group commit, and records that cannot be decoded."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import sqlite3
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -280,4 +282,60 @@ def test_a_commit_built_on_one_that_did_not_land_is_a_conflict(tmp_path: Path) -
     assert isinstance(first.result(), Conflict)
     assert isinstance(second.result(), Conflict)  # version 2 matches, but not its base
     assert store.read("c").version == 2
+    store.close()
+
+
+def test_fits_awaited_on_an_event_loop_share_batches_that_never_run_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    """``fit_async`` (the hot route's small fits) queues its commit and awaits it: the batch
+    runs in another thread (the loop never waits for an fsync), and awaited and blocking
+    fits to one session share transactions and land exactly once each."""
+    store = SQLiteStore(tmp_path / "async.db")
+    now = time.time()
+    store.create(Session("hot", bncore.initial_state(bncore.BNConfig(2)), 1, now, now))
+    counts = Counts()
+    commits = Commits(counts)
+    batch_threads: set[int] = set()
+    run = store._run
+
+    def recording_run(batch: Any) -> None:
+        batch_threads.add(threading.get_ident())
+        run(batch)
+
+    store._run = recording_run  # type: ignore[method-assign]
+    store._group._runner = recording_run
+    before = (store._group.batches, store._group.writes)
+    loop_thread: list[int] = []
+
+    async def on_loop() -> None:
+        loop_thread.append(threading.get_ident())
+
+        async def one() -> None:
+            for _ in range(10):
+                await commits.fit_async(store, store.read("hot"), X, output=False)
+
+        await asyncio.gather(*(one() for _ in range(8)))
+
+    def blocking() -> None:
+        for _ in range(10):
+            commits.fit(store, store.read("hot"), X, output=False)
+
+    threads = [threading.Thread(target=blocking) for _ in range(4)]
+    with writers_queued(tmp_path / "async.db", store, at_least=1):
+        for t in threads:
+            t.start()
+        loop = threading.Thread(target=asyncio.run, args=(on_loop(),))
+        loop.start()
+    loop.join()
+    for t in threads:
+        t.join()
+    assert counts.outcomes == {"committed": 120}
+    assert loop_thread and loop_thread[0] not in batch_threads
+    assert store._group.writes - before[1] == 120
+    assert store._group.batches - before[0] < 120
+    hot = store.read("hot")
+    assert (hot.version, hot.state.num_batches_tracked) == (121, 120)
+    np.testing.assert_array_equal(hot.state.population.count, [240, 240])
+    assert commits.in_flight() == 0
     store.close()
