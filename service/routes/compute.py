@@ -144,7 +144,7 @@ def fit(
     """Atomic: the batch is applied exactly once, or not at all (with Idempotency-Key, a
     retry returns the first answer)."""
     fit = _Fit(session_id, body, store, settings, output)
-    return fit.commit(fit.decode(backend), commits, if_match, idem, metrics)
+    return fit.commit(fit.decode(backend, commits), commits, if_match, idem, metrics)
 
 
 class _Fit:
@@ -159,8 +159,8 @@ class _Fit:
         self.body, self.store, self.output = body, store, output
         self.session_id, self.max_header = session_id, settings.stats_header_max_features
 
-    def decode(self, backend: bncore.Backend) -> tuple[Session, Array]:
-        session = self.store.read(self.session_id)
+    def decode(self, backend: bncore.Backend, commits: Commits) -> tuple[Session, Array]:
+        session = commits.read(self.store, self.session_id)
         # Every body is converted to the session's dtype (fixed at creation; service/dtypes.py).
         x = decode_tensor(self.body.data, self.media, session.state.config.dtype)
         return session, backend.asarray(x)
@@ -214,13 +214,13 @@ async def fit_hot(request: Request, slow: Handler) -> Response:
     commits: Commits = state.commits
     metrics: Metrics = state.metrics
     if inline(request, body):
-        decoded = fit.decode(state.backend)
+        decoded = fit.decode(state.backend, commits)
         if loop_safe(store):  # waiting for the commit yields to the loop: no thread hop
             return await fit.commit_async(decoded, commits, if_match, idem, metrics)
         return await run_in_threadpool(fit.commit, decoded, commits, if_match, idem, metrics)
 
     def work() -> Response:
-        return fit.commit(fit.decode(state.backend), commits, if_match, idem, metrics)
+        return fit.commit(fit.decode(state.backend, commits), commits, if_match, idem, metrics)
 
     return await run_in_threadpool(work)
 

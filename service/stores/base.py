@@ -228,11 +228,18 @@ def submit_commit(
             after=after,
         )
         return pending
-    if after is not None and not isinstance(after.result(), Committed):
+    if after is not None and not _landed(after):
         return Ready(Conflict(-1))
     return Ready(
         store.commit(session_id, expected_version, state, receipt=receipt, history=history)
     )
+
+
+def _landed(pending: PendingCommit) -> bool:
+    try:
+        return isinstance(pending.result(), Committed)
+    except StoreUnavailable:  # it failed: what was built on it must not land either
+        return False
 
 
 class CorruptRecord(StoreUnavailable):

@@ -1,0 +1,140 @@
+"""The commit loop's shortcut for fits: while this process has a commit to a session in flight,
+a fit starts from the state that commit will produce (``Commits.read``) instead of reading the
+store. Checked here: the owner is still checked, and a fit combined on a predicted state never
+lands when the commit it was predicted from fails (another writer may take its version)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+import bncore
+from service.commit import Commits
+from service.errors import SessionNotFound, StoreUnavailable
+from service.stores import MemoryStore
+from service.stores.base import (
+    CommitResult,
+    HistoryEntry,
+    PendingCommit,
+    Receipt,
+    Session,
+    submit_commit,
+)
+from service.stores.owned import OwnedStore
+
+X = np.array([[1.0, 2.0], [3.0, 6.0]], np.float32)
+Y = np.array([[10.0, 20.0], [30.0, 60.0]], np.float32)
+
+
+class _HeldThenFailed:
+    """A commit that is in flight until ``release`` is set, then fails as a store fault."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+
+    def result(self) -> CommitResult:
+        self.release.wait(30)
+        raise StoreUnavailable("the disk went away")
+
+    async def wait(self) -> CommitResult:
+        return self.result()
+
+
+class FirstCommitFails:
+    """A memory store whose first ``submit_commit`` hangs, then fails."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner = inner
+        self.release = threading.Event()
+        self.first = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def submit_commit(
+        self,
+        session_id: str,
+        expected_version: int,
+        state: bncore.BNState,
+        *,
+        receipt: Receipt | None = None,
+        history: HistoryEntry | None = None,
+        after: PendingCommit | None = None,
+    ) -> PendingCommit:
+        if self.first:
+            self.first = False
+            return _HeldThenFailed(self.release)
+        return submit_commit(
+            self.inner, session_id, expected_version, state, receipt=receipt, after=after
+        )
+
+
+def _session(owner: str | None = None) -> Session:
+    now = time.time()
+    return Session("s", bncore.initial_state(bncore.BNConfig(2)), 1, now, now, owner=owner)
+
+
+def _in_flight(commits: Commits, sid: str) -> None:
+    deadline = time.monotonic() + 10
+    while commits._flights.latest(sid) is None:
+        assert time.monotonic() < deadline, "the first fit never reached its commit"
+        time.sleep(0.001)
+
+
+def test_a_fit_on_a_predicted_state_does_not_land_when_its_base_fails() -> None:
+    inner = MemoryStore()
+    inner.create(_session())
+    store = FirstCommitFails(inner)
+    commits = Commits()
+    failed: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            commits.fit(store, store.read("s"), X, output=False)  # type: ignore[arg-type]
+        except StoreUnavailable as exc:
+            failed.append(exc)
+
+    t = threading.Thread(target=first)
+    t.start()
+    _in_flight(commits, "s")
+    predicted = commits.read(store, "s")  # type: ignore[arg-type]
+    assert predicted.version == 2 and predicted.state.num_batches_tracked == 1
+    # Another process takes version 2 with another batch while the first commit hangs.
+    other = bncore.fit(inner.read("s").state, Y)[0]
+    inner.commit("s", 1, other)
+    store.release.set()
+    t.join()
+    assert failed, "the first commit was meant to fail"
+    commits.fit(store, predicted, X, output=False)  # type: ignore[arg-type]
+    final = inner.read("s")
+    # Y then X, never X (the failed commit) then X.
+    expected = bncore.fit(other, X)[0]
+    assert (final.version, final.state.num_batches_tracked) == (3, 2)
+    np.testing.assert_array_equal(final.state.running_mean, expected.running_mean)
+    np.testing.assert_array_equal(final.state.population.count, [4, 4])
+
+
+def test_a_fit_in_flight_does_not_open_the_session_to_another_owner() -> None:
+    inner = MemoryStore()
+    inner.create(_session(owner="alice"))
+    store = FirstCommitFails(inner)
+    commits = Commits()
+
+    def first() -> None:
+        with pytest.raises(StoreUnavailable):
+            commits.fit(store, store.read("s"), X, output=False)  # type: ignore[arg-type]
+
+    t = threading.Thread(target=first)
+    t.start()
+    try:
+        _in_flight(commits, "s")
+        assert commits.read(OwnedStore(inner, "alice"), "s").version == 2  # the prediction
+        with pytest.raises(SessionNotFound):
+            commits.read(OwnedStore(inner, "mallory"), "s")
+    finally:
+        store.release.set()
+        t.join()
