@@ -142,7 +142,8 @@ class Settings(BaseSettings):
         ge=0,
         description="transform, fit and V2 infer bodies (decompressed) up to this size are "
         "decoded and computed on the event loop (no thread-pool hop); larger ones run in the "
-        "thread pool. A fit's durable commit always runs in the thread pool",
+        "thread pool. A small fit awaits its durable commit on the loop (SQLite and memory "
+        "stores: the transaction runs in another thread); on Redis it waits in the thread pool",
     )
 
     # --- observability: metrics and dashboard ---
