@@ -82,6 +82,8 @@ _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 
 def query_bool(request: Request, name: str, default: bool) -> bool | None:
     """A boolean query parameter as FastAPI reads it; None when FastAPI would answer 422."""
+    if not request.scope["query_string"]:
+        return default  # the usual case: no query to parse
     value = request.query_params.get(name)
     if value is None:
         return default
