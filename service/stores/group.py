@@ -90,7 +90,10 @@ class GroupCommit(Generic[C]):
         woken = loop.create_future()
 
         def done() -> None:  # in the batch's thread
-            loop.call_soon_threadsafe(_resolve, woken)
+            try:
+                loop.call_soon_threadsafe(_resolve, woken)
+            except RuntimeError:  # the loop closed (shutdown) while its write was queued
+                pass
 
         with self._guard:
             if not write.finished:
