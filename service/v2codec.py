@@ -16,7 +16,7 @@ import numpy.typing as npt
 import orjson
 
 import bncore
-from service.codecs import dims_ok, json_array, reshape
+from service.codecs import bools_in, dims_ok, json_array, reshape
 from service.dtypes import check_session_dtype, decode_boundary, to_session_dtype
 from service.errors import MalformedBody
 
@@ -161,8 +161,7 @@ def decode_infer(body: bytes, header_length: str | None, dtype: str) -> InferReq
     else:
         if "data" not in spec:
             raise V2Error(f"input {INPUT!r} has neither 'data' nor parameters.binary_data_size")
-        head = body[:json_end]
-        bools = b"true" in head or b"false" in head  # no boolean scan when there are none
+        bools = bools_in(body)  # bytes past the JSON can only cost a needless exact scan
         flat = json_array(spec["data"], "input data", dtype=dtype, maybe_bools=bools)
         flat = flat.reshape(-1)
         if flat.size != count:
