@@ -276,9 +276,14 @@ def decode_json_tensor(body: bytes, dtype: str) -> Array:
     return json_array(doc["data"], "data", doc.get("shape"), dtype, bools)
 
 
+# By the dtype itself (hashed in C): ``dtype.name`` is computed in Python on every call (~1.5 us).
+_DTYPE_NAMES = {np.dtype(name): name for name in ("float16", "float32", "float64")}
+
+
 def tensor_json(arr: Array) -> dict[str, Any]:
     """A tensor as the JSON members ``data`` (nested), ``shape`` and ``dtype``."""
-    return {"data": np.ascontiguousarray(arr), "shape": list(arr.shape), "dtype": arr.dtype.name}
+    name = _DTYPE_NAMES.get(arr.dtype) or arr.dtype.name
+    return {"data": np.ascontiguousarray(arr), "shape": list(arr.shape), "dtype": name}
 
 
 def dumps(doc: Any) -> bytes:
