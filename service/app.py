@@ -17,7 +17,7 @@ import bncore
 from bncore import cuda_kernels
 from service import __version__, errors
 from service.commit import Commits
-from service.front import Front, Hot
+from service.front import Front, Handler, Hot
 from service.malloc import keep_freed_memory
 from service.metrics import Metrics
 from service.routes import (
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _front(app: FastAPI, stack: ASGIApp, hot_routes: Sequence[Route]) -> Front:
+def _front(app: FastAPI, stack: ASGIApp, hot_routes: Sequence[tuple[Route, Handler]]) -> Front:
     """``Front`` over FastAPI's ``stack``, with the handlers FastAPI gives that stack: the
     ``Exception`` one for unexpected errors, the others for the hot routes."""
     settings: Settings = app.state.settings
