@@ -1,7 +1,7 @@
 """HTTP throughput of bnaas next to an external bare echo app, measured in the same run.
 
     python bench/http.py [--seconds 2] [--large-seconds 4] [--rounds 3] [--clients 4]
-                         [--python-client] [--bnaas-arg=--flag ...]
+                         [--python-client] [--bnaas-arg=--flag ...] [--baseline TREE]
 
 Starts two processes on 127.0.0.1: bnaas the way a user runs it (``python -m service.cli serve``,
 SQLite store in a temporary folder) and ``bench/bare_echo.py`` under uvicorn with its access log
@@ -9,6 +9,12 @@ off. Every case runs once per round, rounds interleaved (this machine's load dri
 exposes every case to the same drift), and the table shows the median and the range over rounds.
 Ratios are taken per round (numerator and denominator measured minutes apart at most) and printed
 as median and range next to issue 10's floors. Nothing here asserts: it prints.
+
+Next to requests/s, every case shows the server's CPU time per request (user + system, from
+/proc/PID/stat over the window): on a shared machine it drifts far less than requests/s do.
+``--baseline TREE`` starts a second bnaas from another checkout of the repository (its own
+``service`` package, this interpreter) and measures its cases in the same rounds, so a change
+is compared with what it replaces under the same load: ``git worktree add /tmp/old main``.
 
 Load comes from ``wrk -t1 -cN`` when wrk is installed (one light thread: the server gets the
 cores; ``apt-get install wrk``), else from N Python client processes (heavier: they compete
@@ -85,6 +91,7 @@ def start_server(
     workdir: Path,
     env: dict[str, str] | None = None,
     timeout_s: float = 60.0,
+    tree: Path = ROOT,
 ) -> Server:
     """Start ``argv`` (output to a log file) and wait until ``GET ready_path`` answers 200."""
     log = workdir / f"{name}.log"
@@ -93,8 +100,8 @@ def start_server(
             list(argv),
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree), **(env or {})},
         )
     server = Server(name, port, proc, log)
     end = time.monotonic() + timeout_s
@@ -114,7 +121,9 @@ def start_server(
     raise RuntimeError(f"{name} did not become ready on port {port}:\n{tail}")
 
 
-def bnaas_server(workdir: Path, extra: Sequence[str] = ()) -> tuple[Server, str]:
+def bnaas_server(
+    workdir: Path, extra: Sequence[str] = (), tree: Path = ROOT, name: str = "bnaas"
+) -> tuple[Server, str]:
     """bnaas through its CLI, as deployed; returns the server and a note on its access log.
 
     Only flags every version of the CLI accepts are passed, so the same script measures the
@@ -123,7 +132,8 @@ def bnaas_server(workdir: Path, extra: Sequence[str] = ()) -> tuple[Server, str]
         [sys.executable, "-m", "service.cli", "serve", "--help"],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
         check=False,
     ).stdout
     if "access-log" in help_text:
@@ -143,12 +153,12 @@ def bnaas_server(workdir: Path, extra: Sequence[str] = ()) -> tuple[Server, str]
         "--port",
         str(port),
         "--store",
-        f"sqlite:///{workdir}/bench.db",
+        f"sqlite:///{workdir}/{name}.db",
         "--device",
         "cpu",
         *extra,
     ]
-    return start_server("bnaas", argv, port, "/readyz", workdir), note
+    return start_server(name, argv, port, "/readyz", workdir, tree=tree), note
 
 
 def echo_server(workdir: Path) -> Server:
@@ -182,6 +192,7 @@ class Case:
     body: bytes
     headers: dict[str, str]
     response_bytes: int = field(default=0)
+    pid: int = field(default=0)  # the server's, for its CPU time
 
 
 def request(
@@ -224,8 +235,9 @@ def _lua(case: Case, workdir: Path) -> Path:
     return script
 
 
-def wrk_load(case: Case, seconds: float, clients: int, workdir: Path) -> float:
-    """Requests/s from ``wrk -t1``; raises when any response was not 2xx or timed out."""
+def wrk_load(case: Case, seconds: float, clients: int, workdir: Path) -> tuple[float, int]:
+    """Requests/s and requests from ``wrk -t1``; raises when any response was not 2xx or
+    timed out."""
     script = _lua(case, workdir)
     out = subprocess.run(
         [
@@ -248,9 +260,10 @@ def wrk_load(case: Case, seconds: float, clients: int, workdir: Path) -> float:
     if (m := re.search(r"Socket errors: .*timeout (\d+)", out)) and int(m.group(1)):
         raise RuntimeError(f"{case.name}: {m.group(1)} requests timed out under load")
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if m is None:
+    n = re.search(r"(\d+) requests in", out)
+    if m is None or n is None:
         raise RuntimeError(f"{case.name}: no Requests/sec in wrk's output:\n{out}")
-    return float(m.group(1))
+    return float(m.group(1)), int(n.group(1))
 
 
 def _client(case: Case, seconds: float, out: mp.Queue[int]) -> None:
@@ -267,8 +280,9 @@ def _client(case: Case, seconds: float, out: mp.Queue[int]) -> None:
     out.put(n)
 
 
-def python_load(case: Case, seconds: float, clients: int) -> float:
-    """Requests/s from ``clients`` processes, each with one keep-alive connection."""
+def python_load(case: Case, seconds: float, clients: int) -> tuple[float, int]:
+    """Requests/s and requests from ``clients`` processes, each with one keep-alive
+    connection."""
     q: mp.Queue[int] = mp.Queue()
     procs = [mp.Process(target=_client, args=(case, seconds, q)) for _ in range(clients)]
     start = time.perf_counter()
@@ -280,10 +294,10 @@ def python_load(case: Case, seconds: float, clients: int) -> float:
         p.join()
         if p.exitcode:
             raise RuntimeError(f"a client for {case.name} failed")
-    return sum(counts) / max(elapsed, seconds)
+    return sum(counts) / max(elapsed, seconds), sum(counts)
 
 
-Loader = Callable[[Case, float], float]
+Loader = Callable[[Case, float], tuple[float, int]]
 
 
 def loader(clients: int, workdir: Path, python_client: bool) -> tuple[Loader, str]:
@@ -303,22 +317,53 @@ def loader(clients: int, workdir: Path, python_client: bool) -> tuple[Loader, st
 LARGE_BODY = 1 << 20
 
 
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def server_cpu(pid: int) -> float:
+    """Seconds of CPU (user + system) process ``pid`` has used; NaN where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+@dataclass
+class Results:
+    """Per case, one value per round: requests/s and the server's CPU microseconds per request."""
+
+    rps: dict[str, list[float]]
+    cpu_us: dict[str, list[float]]
+
+
 def run_rounds(
     cases: Sequence[Case], load: Loader, seconds: float, rounds: int, large_seconds: float
 ) -> dict[str, list[float]]:
-    """Requests/s of every case in every round; rounds interleaved, a short warm-up first.
-    Bodies over 1 MiB run ``large_seconds``: at a few requests/s a short window counts too few."""
+    """Requests/s of every case in every round (``measure_rounds``)."""
+    return measure_rounds(cases, load, seconds, rounds, large_seconds).rps
+
+
+def measure_rounds(
+    cases: Sequence[Case], load: Loader, seconds: float, rounds: int, large_seconds: float
+) -> Results:
+    """Every case in every round; rounds interleaved, a short warm-up first. Bodies over
+    1 MiB run ``large_seconds``: at a few requests/s a short window counts too few."""
     for case in cases:
         check(case)
         load(case, 1.0)
-    rps: dict[str, list[float]] = {c.name: [] for c in cases}
+    out = Results({c.name: [] for c in cases}, {c.name: [] for c in cases})
     for r in range(rounds):
         t0 = time.monotonic()
         for case in cases:
             window = large_seconds if len(case.body) > LARGE_BODY else seconds
-            rps[case.name].append(load(case, window))
+            before = server_cpu(case.pid)
+            rate, requests = load(case, window)
+            used = server_cpu(case.pid) - before
+            out.rps[case.name].append(rate)
+            out.cpu_us[case.name].append(used / requests * 1e6 if requests else float("nan"))
         print(f"  round {r + 1}/{rounds}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
-    return rps
+    return out
 
 
 # --- bodies --------------------------------------------------------------------------------
@@ -373,24 +418,39 @@ def tag(shape: tuple[int, int]) -> str:
     return f"{shape[0]}x{shape[1]}"
 
 
-def _cases(bnaas: int, echo: int) -> list[Case]:
+BASELINE = " @baseline"
+
+
+def _cases(bnaas: Server, echo: Server, baseline: Server | None = None) -> list[Case]:
+    """Every case, each with the PID of the server it loads; a baseline server gets the same
+    bnaas cases, named with ``BASELINE`` appended."""
     rng = np.random.default_rng(0)
     cases: list[Case] = []
     for shape in SHAPES:
         x = rng.normal(0, 1, shape).astype(np.float32)
-        sid, t = create_session(bnaas, shape[1]), tag(shape)
+        t = tag(shape)
         body_npy = npy(x)
         body_json = orjson.dumps({"data": x}, option=orjson.OPT_SERIALIZE_NUMPY)
         v2, v2_h = v2_binary(x)
+        e = echo.port, echo.proc.pid
         cases += [
-            Case(f"echo npy {t}", echo, "/echo/npy", body_npy, NPY),
-            Case(f"transform npy {t}", bnaas, f"/v1/sessions/{sid}/transform", body_npy, NPY),
-            Case(f"fit npy {t}", bnaas, f"/v1/sessions/{sid}/fit", body_npy, NPY),
-            Case(f"echo json {t}", echo, "/echo/json", body_json, JSON),
-            Case(f"transform json {t}", bnaas, f"/v1/sessions/{sid}/transform", body_json, JSON),
-            Case(f"echo v2 binary {t}", echo, "/v2/models/echo/infer", v2, v2_h),
-            Case(f"v2 binary transform {t}", bnaas, f"/v2/models/{sid}/infer", v2, v2_h),
+            Case(f"echo npy {t}", e[0], "/echo/npy", body_npy, NPY, pid=e[1]),
+            Case(f"echo json {t}", e[0], "/echo/json", body_json, JSON, pid=e[1]),
+            Case(f"echo v2 binary {t}", e[0], "/v2/models/echo/infer", v2, v2_h, pid=e[1]),
         ]
+        for server, suffix in ((bnaas, ""), (baseline, BASELINE)):
+            if server is None:
+                continue
+            sid, port, pid = create_session(server.port, shape[1]), server.port, server.proc.pid
+            session, v2_path = f"/v1/sessions/{sid}", f"/v2/models/{sid}/infer"
+            cases += [
+                Case(f"transform npy {t}{suffix}", port, f"{session}/transform", body_npy, NPY),
+                Case(f"fit npy {t}{suffix}", port, f"{session}/fit", body_npy, NPY),
+                Case(f"transform json {t}{suffix}", port, f"{session}/transform", body_json, JSON),
+                Case(f"v2 binary transform {t}{suffix}", port, v2_path, v2, v2_h),
+            ]
+            for case in cases[-4:]:
+                case.pid = pid
     return cases
 
 
@@ -410,13 +470,14 @@ def per_round(num: Sequence[float], den: Sequence[float]) -> list[float]:
     return [a / b for a, b in zip(num, den, strict=True) if a > 0 and b > 0]
 
 
-def print_rates(cases: Sequence[Case], rps: dict[str, list[float]]) -> None:
-    print(f"{'case':28} {'req/s median':>12} {'min-max':>17} {'MB/s median':>12}")
+def print_rates(cases: Sequence[Case], results: Results) -> None:
+    head = f"{'req/s':>8} {'min-max':>15} {'cpu us/req':>10} {'min-max':>15} {'MB/s':>7}"
+    print(f"{'case':38} {head}")
     for case in cases:
-        values = rps[case.name]
-        mbs = statistics.median(values) * (len(case.body) + case.response_bytes) / 1e6
-        med, rng = spread(values)
-        print(f"{case.name:28} {med:>12} {rng:>17} {mbs:12.1f}")
+        rps, cpu = results.rps[case.name], results.cpu_us[case.name]
+        mbs = statistics.median(rps) * (len(case.body) + case.response_bytes) / 1e6
+        (med, rng), (cmed, crng) = spread(rps, "{:.0f}"), spread(cpu, "{:.0f}")
+        print(f"{case.name:38} {med:>8} {rng:>15} {cmed:>10} {crng:>15} {mbs:7.1f}")
 
 
 FLOORS = (  # (label, numerator case, denominator case, issue 10's floor)
@@ -441,17 +502,33 @@ FLOORS = (  # (label, numerator case, denominator case, issue 10's floor)
 )
 
 
-def print_ratios(rps: dict[str, list[float]]) -> None:
-    print(f"\n{'ratio (per round)':42} {'median':>7} {'min-max':>11} {'floor':>6}")
+def print_ratios(results: Results) -> None:
+    """Issue 10's ratios, by requests/s (what the floors name) and by CPU per request (the
+    reference's CPU per request over bnaas's: steadier on a shared machine); then, with a
+    baseline, each bnaas case against it."""
+    head = f"{'req/s':>6} {'min-max':>11} {'cpu':>6} {'min-max':>11}"
+    print(f"\n{'ratio (per round)':42} {head} floor")
     for label, num, den, floor in FLOORS:
-        ratios = per_round(rps[num], rps[den])
+        if num not in results.rps:
+            continue
+        ratios = per_round(results.rps[num], results.rps[den])
+        by_cpu = per_round(results.cpu_us[den], results.cpu_us[num])
         if not ratios:
-            print(f"{label:42} {'-':>7}")
+            print(f"{label:42} {'-':>6}")
             continue
         verdict = "" if not floor else "ok" if statistics.median(ratios) >= floor else "BELOW"
         shown = f"{floor:.2f}" if floor else "-"
-        med, rng = spread(ratios, "{:.2f}")
-        print(f"{label:42} {med:>7} {rng:>11} {shown:>6} {verdict}".rstrip())
+        (med, rng), (cmed, crng) = spread(ratios, "{:.2f}"), spread(by_cpu or [0.0], "{:.2f}")
+        print(f"{label:42} {med:>6} {rng:>11} {cmed:>6} {crng:>11} {shown:>5} {verdict}".rstrip())
+    old = [name for name in results.rps if name.endswith(BASELINE)]
+    if old:
+        print(f"\n{'this tree / baseline (per round)':42} {'req/s':>6} {'min-max':>11} {'cpu':>6}")
+        for name in old:
+            new = name.removesuffix(BASELINE)
+            ratios = per_round(results.rps[new], results.rps[name])
+            by_cpu = per_round(results.cpu_us[name], results.cpu_us[new])
+            (med, rng), (cmed, crng) = spread(ratios, "{:.2f}"), spread(by_cpu, "{:.2f}")
+            print(f"{new:42} {med:>6} {rng:>11} {cmed:>6} {crng:>11}")
 
 
 def main() -> None:
@@ -464,28 +541,39 @@ def main() -> None:
     parser.add_argument(
         "--bnaas-arg", action="append", default=[], help="extra flag for bnaas serve (repeat)"
     )
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout of bnaas, measured in the same rounds"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bnaas-bench-http-"))
     servers: list[Server] = []
     try:
         bnaas, note = bnaas_server(workdir, args.bnaas_arg)
         servers.append(bnaas)
-        servers.append(echo_server(workdir))
+        echo = echo_server(workdir)
+        servers.append(echo)
+        baseline = None
+        if args.baseline is not None:
+            tree = args.baseline.resolve()
+            baseline, _ = bnaas_server(workdir, args.bnaas_arg, tree=tree, name="baseline")
+            servers.append(baseline)
         load, how = loader(args.clients, workdir, args.python_client)
         print(f"bnaas: python -m service.cli serve, SQLite store, 1 worker; {note}")
+        if baseline is not None:
+            print(f"baseline: the same from {args.baseline.resolve()} (cases '...{BASELINE}')")
         print("reference: bench/bare_echo.py under uvicorn, access log off, 1 worker")
         print(
             f"{how}; {args.rounds} rounds x {args.seconds:g} s per case"
             f" ({args.large_seconds:g} s for bodies over 1 MiB), interleaved\n"
         )
-        cases = _cases(bnaas.port, servers[1].port)
-        rps = run_rounds(cases, load, args.seconds, args.rounds, args.large_seconds)
+        cases = _cases(bnaas, echo, baseline)
+        results = measure_rounds(cases, load, args.seconds, args.rounds, args.large_seconds)
     finally:
         for server in servers:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    print_rates(cases, rps)
-    print_ratios(rps)
+    print_rates(cases, results)
+    print_ratios(results)
 
 
 if __name__ == "__main__":

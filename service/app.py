@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, ExceptionHandler
 
 import bncore
 from bncore import cuda_kernels
 from service import __version__, errors
-from service.auth import ApiKeyAuth
 from service.commit import Commits
-from service.limits import BodyLimit
+from service.front import Front, Handler, Hot
 from service.malloc import keep_freed_memory
-from service.metrics import Metrics, MetricsMiddleware
+from service.metrics import Metrics
 from service.routes import (
     compute,
     docs,
@@ -35,6 +35,16 @@ from service.routes import (
 )
 from service.settings import Settings
 from service.stores import open_store, store_options
+
+
+class Service(FastAPI):
+    """FastAPI with ``Front`` (service/front.py) in front of its whole middleware stack."""
+
+    front: Callable[[ASGIApp], Front] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return stack if self.front is None else self.front(stack)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -59,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             store.close()
 
-    app = FastAPI(
+    app = Service(
         title="bnaas: Batch Normalization as a Service",
         version=__version__,
         lifespan=lifespan,
@@ -70,18 +80,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics(settings.metrics_drift_sessions)
     errors.install(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    # Outside BodyLimit: a caller without a key learns nothing, not even the body limit.
-    app.add_middleware(ApiKeyAuth, keys=settings.key_list())
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (probes, sessions, compute, stats, history, merge, v2, docs):
         app.include_router(module.router)
     if settings.ui_enabled:
         app.include_router(ui.router)
-    hot.install(app, (compute.router, v2.router))  # matched first: see service/routes/hot.py
+    hot_routes = hot.install(app, (compute.router, v2.router))  # see service/routes/hot.py
     _complete_openapi(app)
     _allow_every_method(app)
+    app.front = lambda stack: _front(app, stack, hot_routes)
     return app
+
+
+def _front(app: FastAPI, stack: ASGIApp, hot_routes: Sequence[tuple[Route, Handler]]) -> Front:
+    """``Front`` over FastAPI's ``stack``, with the handlers FastAPI gives that stack: the
+    ``Exception`` one for unexpected errors, the others for the hot routes."""
+    settings: Settings = app.state.settings
+    by_type: dict[Any, ExceptionHandler] = {}
+    by_status: dict[int, ExceptionHandler] = {}
+    for key, handler in app.exception_handlers.items():
+        if isinstance(key, int):
+            if key != 500:
+                by_status[key] = handler
+        elif key is not Exception:
+            by_type[key] = handler
+    return Front(
+        stack,
+        app.state.metrics,
+        settings.key_list(),
+        settings.max_body_bytes,
+        on_error=app.exception_handlers.get(Exception),
+        hot=Hot(hot_routes, (by_type, by_status), app.router) if hot_routes else None,
+    )
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")

@@ -1,15 +1,14 @@
-"""API keys as pure ASGI middleware: a data route's key is checked from the headers alone,
-before the application reads one byte of the body (nothing is inflated or parsed for a caller
-who is not allowed), and the caller's owner id goes to ``scope["state"]["owner"]``."""
+"""API keys, checked from the headers alone (``service.front.Front`` does it before the
+application reads one byte of the body: nothing is inflated or parsed for a caller who is not
+allowed); the caller's owner id goes to ``scope["state"]["owner"]``."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from service.errors import PROBLEM_JSON, Unauthorized, problem_body
+from service.errors import Unauthorized
 
 # Data lives under /v1 and /v2; V2's health probes and server metadata stay open, as do the
 # root probes, /metrics, the API docs and the dashboard's static files.
@@ -29,7 +28,7 @@ def owner_id(key: bytes) -> str:
     return hashlib.sha256(key).hexdigest()[:32]
 
 
-def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+def presented_key(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
     """The key in ``Authorization: Bearer KEY`` (which wins) or ``X-API-Key``."""
     given: bytes | None = None
     for name, value in headers:
@@ -41,42 +40,14 @@ def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return given
 
 
-class ApiKeyAuth:
-    """Answer 401 problem+json for a data route without a valid key (``BNAAS_API_KEYS``)."""
-
-    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
-        self.app = app
-        self.keys = [k.encode() for k in keys]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        if not self.keys or not needs_key(scope.get("path", "")):
-            state["owner"] = None
-            await self.app(scope, receive, send)
-            return
-        given = presented_key(scope["headers"])
-        if not given:
-            detail = "an API key is required: Authorization: Bearer KEY or X-API-Key"
-        elif not any(hmac.compare_digest(given, k) for k in self.keys):
-            detail = "the API key is not valid"
-        else:
-            state["owner"] = owner_id(given)
-            await self.app(scope, receive, send)
-            return
-        await _refuse(scope, send, detail)
-
-
-async def _refuse(scope: Scope, send: Send, detail: str) -> None:
-    err = Unauthorized(detail)
-    body = problem_body(err.status, err.slug, err.title, detail, scope.get("path", ""))
-    headers = [
-        (b"content-type", PROBLEM_JSON.encode()),
-        (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", err.headers["WWW-Authenticate"].encode()),
-        (b"connection", b"close"),  # the unread body must not be taken for the next request
-    ]
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+def owner(keys: Sequence[bytes], path: str, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The owner id of the request's key; None when the path needs none or no keys are set
+    (``BNAAS_API_KEYS``). Raises ``Unauthorized`` (401) for a missing or unknown key."""
+    if not keys or not needs_key(path):
+        return None
+    given = presented_key(headers)
+    if not given:
+        raise Unauthorized("an API key is required: Authorization: Bearer KEY or X-API-Key")
+    if not any(hmac.compare_digest(given, k) for k in keys):
+        raise Unauthorized("the API key is not valid")
+    return owner_id(given)

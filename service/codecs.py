@@ -243,15 +243,31 @@ def json_dtype(doc: Mapping[str, Any]) -> None:
         )
 
 
-def _bools_in(body: bytes) -> bool:
-    return b"true" in body or b"false" in body  # memmem: free when absent, the common case
+def bools_in(body: bytes) -> bool:
+    """Whether ``body`` may hold a JSON boolean: it has the text ``true`` or ``false``
+    (anywhere, strings included: a "yes" only asks for the exact scan of the arrays)."""
+    return _has_word(body, b"true") or _has_word(body, b"false")
+
+
+def _has_word(body: bytes, word: bytes, tries: int = 16) -> bool:
+    # Searching the word's first byte is memchr (measured: ~1 us over 22 KB of numbers, where
+    # ``word in body`` takes 10-12); numbers never hold a "t" or an "f", only member names
+    # and strings do, so a few tries settle it. A body full of them ends in the plain search.
+    at = body.find(word[:1])
+    for _ in range(tries):
+        if at < 0:
+            return False
+        if body.startswith(word, at):
+            return True
+        at = body.find(word[:1], at + 1)
+    return at >= 0 and body.find(word, at) >= 0
 
 
 @decode_boundary
 def decode_json_tensor(body: bytes, dtype: str) -> Array:
     """``{"data": nested}`` or ``{"data": flat, "shape": [...]}`` (or a bare nested list)."""
     doc = parse_json(body)
-    bools = _bools_in(body)
+    bools = bools_in(body)
     if isinstance(doc, list):
         return json_array(doc, "body", dtype=dtype, maybe_bools=bools)
     if not isinstance(doc, dict) or "data" not in doc:
@@ -260,9 +276,14 @@ def decode_json_tensor(body: bytes, dtype: str) -> Array:
     return json_array(doc["data"], "data", doc.get("shape"), dtype, bools)
 
 
+# By the dtype itself (hashed in C): ``dtype.name`` is computed in Python on every call (~1.5 us).
+_DTYPE_NAMES = {np.dtype(name): name for name in ("float16", "float32", "float64")}
+
+
 def tensor_json(arr: Array) -> dict[str, Any]:
     """A tensor as the JSON members ``data`` (nested), ``shape`` and ``dtype``."""
-    return {"data": np.ascontiguousarray(arr), "shape": list(arr.shape), "dtype": arr.dtype.name}
+    name = _DTYPE_NAMES.get(arr.dtype) or arr.dtype.name
+    return {"data": np.ascontiguousarray(arr), "shape": list(arr.shape), "dtype": name}
 
 
 def dumps(doc: Any) -> bytes:
@@ -397,7 +418,7 @@ def decode_named_json(
     if not isinstance(doc, dict):
         raise MalformedBody(f"JSON body must be an object with members {', '.join(names)}")
     json_dtype(doc)
-    bools = _bools_in(body)
+    bools = bools_in(body)
     shape = doc.get("shape")
     return {
         name: json_array(

@@ -37,7 +37,7 @@ async def get_raw_store(request: Request) -> Store:
 
 
 def owner_of(request: Request) -> str | None:
-    """The caller's owner id (a digest of its API key), as ``service.auth.ApiKeyAuth`` found
+    """The caller's owner id (a digest of its API key), as ``service.front.Front`` found
     it before the body was read; None when no keys are configured."""
     state = request.scope.get("state") or {}
     if "owner" in state:
@@ -92,7 +92,7 @@ class Body:
 
 
 async def get_body(request: Request) -> Body:
-    """The body, read only now (after ``ApiKeyAuth``), inflated within
+    """The body, read only now (after the key check in ``service.front``), inflated within
     ``BNAAS_MAX_BODY_BYTES`` and ``BNAAS_MAX_INFLATE_RATIO``."""
     settings: Settings = request.app.state.settings
     raw = await request.body()

@@ -14,9 +14,11 @@ Two modes, chosen by the environment when ``prometheus_client`` is first importe
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import os
-import time
+import struct
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,12 +33,10 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics_dir import ENV as MULTIPROC_ENV
 
-__all__ = ["CONTENT_TYPE_LATEST", "OPS", "Metrics", "MetricsMiddleware"]
+__all__ = ["CONTENT_TYPE_LATEST", "OPS", "Metrics"]
 
 OPS = ("fit", "transform", "backward", "fold", "merge")
 COMMIT_OUTCOMES = ("committed", "conflict", "duplicate")
@@ -102,6 +102,60 @@ class _Admission:
         return admitted
 
 
+_SLOT = struct.Struct("dd")  # value, timestamp: the layout of prometheus_client's .db files
+
+
+class _Slot:
+    """A counter-like value (a counter, a histogram's sum or bucket) increased in place.
+
+    In multiprocess mode the value is written straight to its slot in this worker's metrics
+    file: ``MmapedValue.inc`` also calls ``getpid`` (a fork check) and several methods per
+    increment, about 2 us each in a request that makes five (issue 10). Workers are started
+    fresh, never forked, so the check has nothing to find; the file and the slot are the ones
+    prometheus_client opened for the series (it never writes a series again after creating
+    it, and the exposition reads the files). In-process, or if prometheus_client's internals
+    are not as expected, it calls ``inc`` on the value itself."""
+
+    __slots__ = ("_inc", "_lock", "_map", "_pos", "_total")
+
+    def __init__(self, value: Any, direct: bool) -> None:
+        self._inc = value.inc
+        self._lock = threading.Lock()
+        self._map: Any = None
+        try:
+            if direct:
+                self._pos = value._file._positions[value._key]
+                self._map = value._file._m  # stays mapped while held, even if the dict remaps
+                self._total = float(value._value)
+        except (AttributeError, KeyError, TypeError):
+            self._map = None
+
+    def inc(self, amount: float) -> None:
+        if self._map is None:
+            self._inc(amount)
+            return
+        with self._lock:
+            self._total += amount
+            # One slice assignment, as prometheus_client writes: never a torn value.
+            self._map[self._pos : self._pos + 16] = _SLOT.pack(self._total, 0.0)
+
+
+class _Timing:
+    """A histogram's child as two ``_Slot`` increments per observation: the sum and the
+    bucket (the count and the cumulative buckets are derived from them when scraped)."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, child: Any, direct: bool) -> None:
+        self._bounds = list(child._upper_bounds)
+        self._buckets = [_Slot(b, direct) for b in child._buckets]
+        self._sum = _Slot(child._sum, direct)
+
+    def observe(self, seconds: float) -> None:
+        self._sum.inc(seconds)
+        self._buckets[bisect.bisect_left(self._bounds, seconds)].inc(1.0)
+
+
 class Metrics:
     """The service's metrics; ``app.state.metrics``. Methods are cheap and never raise."""
 
@@ -160,19 +214,40 @@ class Metrics:
             registry=r,
         )
         self.admission = _Admission(drift_sessions, self.directory)
-        # Zero-valued children, so that dashboards and rate() see every series from the start.
-        for op in OPS:
-            self.ops.labels(op)
-            self.values.labels(op)
+        # Zero-valued children, so that dashboards and rate() see every series from the start;
+        # kept, as are the request series below: ``labels()`` costs a lock and a dict lookup
+        # per call, about half of what a request's observations cost (issue 10).
+        direct = self.directory is not None
+        self._ops = {
+            op: (
+                _Slot(self.ops.labels(op)._value, direct),
+                _Slot(self.values.labels(op)._value, direct),
+            )
+            for op in OPS
+        }
         for outcome in COMMIT_OUTCOMES:
             self.commits.labels(outcome)
+        self._requests: dict[tuple[str, str, int], tuple[_Slot, _Timing]] = {}
 
     # --- the observation API (PLAN.md contract 6) ---
 
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One HTTP request answered with ``status`` after ``seconds``, by route template."""
+        key = (method, route, status)
+        series = self._requests.get(key)
+        if series is None:  # bounded: the parser's methods x the route table x statuses
+            direct = self.directory is not None
+            count = _Slot(self.requests.labels(method, route, str(status))._value, direct)
+            timing = _Timing(self.latency.labels(method, route), direct)
+            series = self._requests[key] = (count, timing)
+        series[0].inc(1.0)
+        series[1].observe(seconds)
+
     def observe_op(self, op: str, values: int) -> None:
         """One ``op`` (fit, transform, backward, fold, merge) over ``values`` input elements."""
-        self.ops.labels(op).inc()
-        self.values.labels(op).inc(values)
+        count, elements = self._ops[op]
+        count.inc(1.0)
+        elements.inc(values)
 
     def observe_commit(self, outcome: str) -> None:
         """A store commit's outcome: committed, conflict or duplicate."""
@@ -224,46 +299,3 @@ class Metrics:
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=self.directory)  # type: ignore[no-untyped-call]
         return generate_latest(merged)
-
-
-def _route_label(scope: Scope) -> str:
-    """The matched path template; for a request answered before routing (a middleware's 413
-    or 401), the template it would have matched; else "unmatched". Never the raw path."""
-    route = scope.get("route")
-    if route is not None:
-        return str(getattr(route, "path", "unmatched"))
-    app = scope.get("app")
-    for candidate in getattr(getattr(app, "router", None), "routes", ()):
-        match, _ = candidate.matches(scope)
-        if match is Match.FULL:
-            return str(getattr(candidate, "path", "unmatched"))
-    return "unmatched"
-
-
-class MetricsMiddleware:
-    """Counts and times every request by method, route template and status."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record)
-        finally:
-            label = _route_label(scope)
-            method = scope["method"]
-            self.metrics.requests.labels(method, label, str(status)).inc()
-            self.metrics.latency.labels(method, label).observe(time.perf_counter() - start)

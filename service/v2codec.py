@@ -16,7 +16,7 @@ import numpy.typing as npt
 import orjson
 
 import bncore
-from service.codecs import dims_ok, json_array, reshape
+from service.codecs import bools_in, dims_ok, json_array, reshape
 from service.dtypes import check_session_dtype, decode_boundary, to_session_dtype
 from service.errors import MalformedBody
 
@@ -40,6 +40,9 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 }
 FLOATS = ("FP16", "BF16", "FP32", "FP64")
 _NAMES = {"float16": "FP16", "float32": "FP32", "float64": "FP64"}
+# Looked up by the dtype itself (hashed in C): ``dtype.name`` is computed in Python on every
+# call (measured: 1.5 us, a third of encoding a 32x64 answer).
+_BY_DTYPE = {np.dtype(name): v2 for name, v2 in _NAMES.items()}
 _DIGITS = frozenset("0123456789")
 _SEQUENCE = ("sequence_id", "sequence_start", "sequence_end")
 MODES = ("transform", "fit")
@@ -63,7 +66,7 @@ class InferRequest:
 
 def datatype(dtype: np.dtype[Any]) -> str:
     """The V2 datatype name of a NumPy float dtype."""
-    return _NAMES[dtype.name]
+    return _BY_DTYPE.get(dtype) or _NAMES[dtype.name]
 
 
 def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
@@ -161,8 +164,7 @@ def decode_infer(body: bytes, header_length: str | None, dtype: str) -> InferReq
     else:
         if "data" not in spec:
             raise V2Error(f"input {INPUT!r} has neither 'data' nor parameters.binary_data_size")
-        head = body[:json_end]
-        bools = b"true" in head or b"false" in head  # no boolean scan when there are none
+        bools = bools_in(body)  # bytes past the JSON can only cost a needless exact scan
         flat = json_array(spec["data"], "input data", dtype=dtype, maybe_bools=bools)
         flat = flat.reshape(-1)
         if flat.size != count:

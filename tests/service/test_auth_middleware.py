@@ -1,4 +1,5 @@
-"""ApiKeyAuth: the key is checked from the headers alone, before one body byte is received."""
+"""API keys at the front: the key is checked from the headers alone, before one body byte is
+received."""
 
 from __future__ import annotations
 
@@ -10,8 +11,14 @@ from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
 from service.app import create_app
-from service.auth import ApiKeyAuth, needs_key, owner_id
+from service.auth import needs_key, owner_id
+from service.front import Front
+from service.metrics import Metrics
 from service.settings import Settings
+
+
+def _front(keys: list[str]) -> Front:
+    return Front(_inner, Metrics(), keys, max_body_bytes=1 << 20)
 
 
 def _scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -52,7 +59,7 @@ async def _inner(scope: Scope, receive: Receive, send: Send) -> None:
 def test_refused_caller_gets_401_and_the_body_is_never_received(
     headers: list[tuple[bytes, bytes]],
 ) -> None:
-    sent, received = _run(ApiKeyAuth(_inner, ["k1"]), _scope("/v1/sessions/x/fit", headers))
+    sent, received = _run(_front(["k1"]), _scope("/v1/sessions/x/fit", headers))
     assert sent[0]["status"] == 401
     assert (b"www-authenticate", b'Bearer realm="bnaas"') in sent[0]["headers"]
     assert not received
@@ -60,7 +67,7 @@ def test_refused_caller_gets_401_and_the_body_is_never_received(
 
 def test_allowed_caller_has_its_owner_in_the_scope_state() -> None:
     scope = _scope("/v1/sessions", [(b"x-api-key", b"k1")])
-    sent, received = _run(ApiKeyAuth(_inner, ["k1"]), scope)
+    sent, received = _run(_front(["k1"]), scope)
     assert sent[0]["status"] == 200 and received
     assert sent[1]["body"] == owner_id(b"k1").encode() == scope["state"]["owner"].encode()
 

@@ -147,3 +147,20 @@ def test_json_array_refuses_booleans_and_out_of_range_values() -> None:
     with pytest.raises(bncore.DTypeError, match="range"):
         codecs.json_array([[1e39, 1.0]], "data", dtype="float32")
     assert codecs.json_array([[1e39, 1.0]], "data", dtype="float64")[0, 0] == 1e39
+
+
+@pytest.mark.parametrize(
+    ("body", "maybe"),
+    [
+        (b'{"data": [1, 2.5, null]}', False),
+        (b'{"data": [true]}', True),
+        (b"[[1, false]]", True),
+        (b'{"dtype": "float32", "data": [1]}', False),
+        (b'{"t": "' + b"t" * 100 + b'", "data": [1]}', False),  # past the quick tries
+        (b'{"t": "' + b"t" * 100 + b'", "data": [true]}', True),
+        (b'{"f": "' + b"f" * 100 + b'", "data": [false]}', True),
+        (b'{"note": "true"}', True),  # in a string: only asks for the exact scan
+    ],
+)
+def test_bools_in_finds_every_true_and_false_text(body: bytes, maybe: bool) -> None:
+    assert codecs.bools_in(body) is maybe
