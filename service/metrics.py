@@ -14,11 +14,8 @@ Two modes, chosen by the environment when ``prometheus_client`` is first importe
 
 from __future__ import annotations
 
-import bisect
 import fcntl
 import os
-import struct
-import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -102,60 +99,6 @@ class _Admission:
         return admitted
 
 
-_SLOT = struct.Struct("dd")  # value, timestamp: the layout of prometheus_client's .db files
-
-
-class _Slot:
-    """A counter-like value (a counter, a histogram's sum or bucket) increased in place.
-
-    In multiprocess mode the value is written straight to its slot in this worker's metrics
-    file: ``MmapedValue.inc`` also calls ``getpid`` (a fork check) and several methods per
-    increment, about 2 us each in a request that makes five (issue 10). Workers are started
-    fresh, never forked, so the check has nothing to find; the file and the slot are the ones
-    prometheus_client opened for the series (it never writes a series again after creating
-    it, and the exposition reads the files). In-process, or if prometheus_client's internals
-    are not as expected, it calls ``inc`` on the value itself."""
-
-    __slots__ = ("_inc", "_lock", "_map", "_pos", "_total")
-
-    def __init__(self, value: Any, direct: bool) -> None:
-        self._inc = value.inc
-        self._lock = threading.Lock()
-        self._map: Any = None
-        try:
-            if direct:
-                self._pos = value._file._positions[value._key]
-                self._map = value._file._m  # stays mapped while held, even if the dict remaps
-                self._total = float(value._value)
-        except (AttributeError, KeyError, TypeError):
-            self._map = None
-
-    def inc(self, amount: float) -> None:
-        if self._map is None:
-            self._inc(amount)
-            return
-        with self._lock:
-            self._total += amount
-            # One slice assignment, as prometheus_client writes: never a torn value.
-            self._map[self._pos : self._pos + 16] = _SLOT.pack(self._total, 0.0)
-
-
-class _Timing:
-    """A histogram's child as two ``_Slot`` increments per observation: the sum and the
-    bucket (the count and the cumulative buckets are derived from them when scraped)."""
-
-    __slots__ = ("_bounds", "_buckets", "_sum")
-
-    def __init__(self, child: Any, direct: bool) -> None:
-        self._bounds = list(child._upper_bounds)
-        self._buckets = [_Slot(b, direct) for b in child._buckets]
-        self._sum = _Slot(child._sum, direct)
-
-    def observe(self, seconds: float) -> None:
-        self._sum.inc(seconds)
-        self._buckets[bisect.bisect_left(self._bounds, seconds)].inc(1.0)
-
-
 class Metrics:
     """The service's metrics; ``app.state.metrics``. Methods are cheap and never raise."""
 
@@ -217,17 +160,10 @@ class Metrics:
         # Zero-valued children, so that dashboards and rate() see every series from the start;
         # kept, as are the request series below: ``labels()`` costs a lock and a dict lookup
         # per call, about half of what a request's observations cost (issue 10).
-        direct = self.directory is not None
-        self._ops = {
-            op: (
-                _Slot(self.ops.labels(op)._value, direct),
-                _Slot(self.values.labels(op)._value, direct),
-            )
-            for op in OPS
-        }
+        self._ops = {op: (self.ops.labels(op), self.values.labels(op)) for op in OPS}
         for outcome in COMMIT_OUTCOMES:
             self.commits.labels(outcome)
-        self._requests: dict[tuple[str, str, int], tuple[_Slot, _Timing]] = {}
+        self._requests: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     # --- the observation API (PLAN.md contract 6) ---
 
@@ -236,17 +172,15 @@ class Metrics:
         key = (method, route, status)
         series = self._requests.get(key)
         if series is None:  # bounded: the parser's methods x the route table x statuses
-            direct = self.directory is not None
-            count = _Slot(self.requests.labels(method, route, str(status))._value, direct)
-            timing = _Timing(self.latency.labels(method, route), direct)
-            series = self._requests[key] = (count, timing)
-        series[0].inc(1.0)
+            count = self.requests.labels(method, route, str(status))
+            series = self._requests[key] = (count, self.latency.labels(method, route))
+        series[0].inc()
         series[1].observe(seconds)
 
     def observe_op(self, op: str, values: int) -> None:
         """One ``op`` (fit, transform, backward, fold, merge) over ``values`` input elements."""
         count, elements = self._ops[op]
-        count.inc(1.0)
+        count.inc()
         elements.inc(values)
 
     def observe_commit(self, outcome: str) -> None:
