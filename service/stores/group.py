@@ -17,6 +17,7 @@ cost more than the fit's own work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,10 +91,9 @@ class GroupCommit(Generic[C]):
         woken = loop.create_future()
 
         def done() -> None:  # in the batch's thread
-            try:
+            # RuntimeError: the loop closed (shutdown) while its write was queued.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, woken)
-            except RuntimeError:  # the loop closed (shutdown) while its write was queued
-                pass
 
         with self._guard:
             if not write.finished:
