@@ -12,7 +12,7 @@ from starlette.responses import Response
 import bncore
 from bncore import Backend
 from service import __version__
-from service.commit import Commits
+from service.commit import Commits, FitOutcome
 from service.deps import (
     BackendDep,
     Body,
@@ -31,7 +31,7 @@ from service.metrics import Metrics
 from service.routes.compute import observe_fit
 from service.routes.hot import Handler, HotRoute, hot, inline, run
 from service.routes.openapi import headers
-from service.stores.base import Idempotency, Replay, Session, Store
+from service.stores.base import Idempotency, Replay, Session, Store, loop_safe
 from service.v2codec import INPUT, OUTPUT, InferRequest, datatype, decode_infer, encode_infer
 from service.views import json_replay, to_response
 
@@ -170,6 +170,27 @@ def _fit(
 ) -> Response:
     session, req = decoded
     out = commits.fit(store, session, backend.asarray(req.x), idem=idem)
+    return _fit_answer(session_id, session, req, out, metrics)
+
+
+async def _fit_async(
+    session_id: str,
+    decoded: tuple[Session, InferRequest],
+    store: Store,
+    commits: Commits,
+    backend: Backend,
+    idem: Idempotency | None,
+    metrics: Metrics,
+) -> Response:
+    """``_fit`` on the event loop (a small batch, a ``loop_safe`` store)."""
+    session, req = decoded
+    out = await commits.fit_async(store, session, backend.asarray(req.x), idem=idem)
+    return _fit_answer(session_id, session, req, out, metrics)
+
+
+def _fit_answer(
+    session_id: str, session: Session, req: InferRequest, out: FitOutcome, metrics: Metrics
+) -> Response:
     observe_fit(metrics, session, out, req.x.size)
     assert out.output is not None
     params = {"mode": "fit", "num_batches_tracked": out.record.num_batches_tracked}
@@ -180,7 +201,7 @@ def _fit(
 @hot(infer)
 async def infer_hot(request: Request, slow: Handler) -> Response:
     """``infer`` on the event loop for a small body (in the thread pool for a large one); a
-    fit's commit, which waits for fsync, always in the thread pool."""
+    small fit awaits its commit on the loop when the store is ``loop_safe``."""
     sid: str = request.path_params["session_id"]
     body = await get_body(request)
     store = await get_store(request)
@@ -194,6 +215,8 @@ async def infer_hot(request: Request, slow: Handler) -> Response:
     decoded = await run(small, lambda: _decode(sid, request, body, store))
     if decoded[1].mode == "transform":
         return await run(small, lambda: _transform(sid, decoded, backend, metrics))
+    if small and loop_safe(store):
+        return await _fit_async(sid, decoded, store, commits, backend, idem, metrics)
     return await run_in_threadpool(_fit, sid, decoded, store, commits, backend, idem, metrics)
 
 
