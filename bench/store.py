@@ -239,7 +239,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--nice", type=int, default=10, help="niceness of wrk")
     parser.add_argument("--idempotency", action="store_true", help="unique Idempotency-Keys")
-    parser.add_argument("--old-tree", type=Path, help="also serve SQLite from this tree")
+    parser.add_argument("--old-tree", type=Path, help="also serve SQLite and Redis from this tree")
+    parser.add_argument("--no-sqlite", action="store_true", help="Redis setups only")
     args = parser.parse_args()
     x = np.random.default_rng(0).normal(0, 1, (args.rows, args.features)).astype("f4")
     cases = {"8 sessions": (8, args.clients), "hot": (1, args.hot)}
@@ -255,10 +256,12 @@ def main() -> None:
             return stack.enter_context(bnaas(store, folder / f"{name}.log", tree))
 
         setups: list[Setup] = []
-        if args.old_tree:
+        if args.old_tree and not args.no_sqlite:
             old = serve("sqlite-old", f"sqlite:///{folder / 'old.db'}", args.old_tree.resolve())
             setups.append(Setup("sqlite old", [old], None))
-        setups.append(Setup("sqlite", [serve("sqlite", f"sqlite:///{folder / 'new.db'}")], None))
+        if not args.no_sqlite:
+            sqlite = serve("sqlite", f"sqlite:///{folder / 'new.db'}")
+            setups.append(Setup("sqlite", [sqlite], None))
         a, b = serve("redis-a", url), serve("redis-b", url)
         # x1 is replica a alone; b idles meanwhile (an idle server costs no CPU).
         setups += [Setup("redis x1", [a], (rport, rpid)), Setup("redis x2", [a, b], (rport, rpid))]

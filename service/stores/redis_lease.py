@@ -1,51 +1,61 @@
 """Which sessions take turns through a Redis lease, and the lease this process holds for each.
 
 Replicas that commit to one session at the same time race: one wins the version check, the
-others re-read, combine again and retry. For a session that saw such a race lately ("hot"),
-``RedisStore.lease_for_commit`` first takes the session's lease in Redis (waiting for its turn,
-woken by the holder's commit), so writers take turns instead of retrying. A session that has
-not raced for ``hot_s`` seconds goes back to plain optimistic commits: uncontended sessions
-pay no extra round trip.
+others re-read, combine again and retry. For a session where this process often meets such a
+race ("hot"), ``RedisStore.lease_for_commit`` first takes the session's lease in Redis (waiting
+for its turn, woken by the holder's commit), so writers take turns instead of retrying. The
+lease costs a round trip per commit, a retry about two (a read and another commit) plus a
+random sleep: a session goes on leases as soon as a commit meets a race (a conflict, or a
+lease held by another process), and back to plain optimistic commits once about the last
+dozen commits met none, so sessions that rarely race pay almost nothing.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 
-HOT_S = 2.0  # a race keeps a session on leases this long
 LEASE_MS = 250  # a turn lasts at most this long: a dead holder blocks no one longer
-_PRUNE_AT = 4096  # hot entries kept before expired ones are dropped (bounded memory)
+_WEIGHT = 0.125  # of the latest commit in the share of recent commits that met a race
+ENTER, LEAVE = _WEIGHT, 0.02  # of that share: one race enters, ~14 quiet commits leave
+_PRUNE_AT = 4096  # sessions tracked before the quiet ones are dropped (bounded memory)
 
 
 class Turns:
-    """Thread-safe: the hot sessions (until when), and this process's lease token per session."""
+    """Thread-safe: how often each session's commits race, which sessions take turns, and
+    this process's lease token per session."""
 
-    def __init__(self, hot_s: float = HOT_S) -> None:
-        self._hot_s = hot_s
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._hot: dict[str, float] = {}
-        self._held: dict[str, str] = {}
+        self._raced: dict[str, float] = {}  # session -> share of recent commits that raced
+        self._hot: set[str] = set()
+        self._held: dict[str, tuple[str, bool]] = {}
 
-    def heat(self, session_id: str) -> None:
-        """``session_id`` saw a race (a conflict, a held lease, a version moved by another)."""
-        now = time.monotonic()
+    def observe(self, session_id: str, raced: bool) -> None:
+        """One commit of ``session_id``: did it meet a race (conflict, or had to wait)?"""
         with self._lock:
-            if len(self._hot) >= _PRUNE_AT:
-                self._hot = {s: t for s, t in self._hot.items() if t > now}
-            self._hot[session_id] = now + self._hot_s
+            if len(self._raced) >= _PRUNE_AT:
+                self._raced = {s: r for s, r in self._raced.items() if r >= LEAVE}
+                self._hot &= self._raced.keys()
+            share = self._raced.get(session_id, 0.0)
+            share += _WEIGHT * ((1.0 if raced else 0.0) - share)
+            self._raced[session_id] = share
+            if share >= ENTER:
+                self._hot.add(session_id)
+            elif share < LEAVE:
+                self._hot.discard(session_id)
 
     def is_hot(self, session_id: str) -> bool:
         with self._lock:
-            until = self._hot.get(session_id)
-        return until is not None and until > time.monotonic()
+            return session_id in self._hot
 
-    def hold(self, session_id: str, token: str) -> None:
-        """This process holds ``session_id``'s lease with ``token`` until its next commit."""
+    def hold(self, session_id: str, token: str, waited: bool) -> None:
+        """This process holds ``session_id``'s lease with ``token`` until its next commit
+        (``waited``: another process held it first)."""
         with self._lock:
-            self._held[session_id] = token
+            self._held[session_id] = (token, waited)
 
-    def take(self, session_id: str) -> str:
-        """The token the next commit of ``session_id`` releases ('' when none is held)."""
+    def take(self, session_id: str) -> tuple[str, bool]:
+        """The token the next commit of ``session_id`` releases ('' when none is held), and
+        whether taking it meant waiting for another process."""
         with self._lock:
-            return self._held.pop(session_id, "")
+            return self._held.pop(session_id, ("", False))

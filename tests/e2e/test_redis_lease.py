@@ -56,15 +56,22 @@ def wait_until(check: object, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
+def make_hot(store: RedisStore, sid: str = "s1") -> None:
+    """As after a run of conflicts on ``sid``."""
+    while not store._turns.is_hot(sid):
+        store._turns.observe(sid, raced=True)
+
+
 def test_a_conflict_puts_the_session_on_leases(redis_url: str, client: redis.Redis) -> None:
     a, b = replica(redis_url), replica(redis_url)
     a.create(new_session())
-    state = fitted(a.read("s1"))
+    stale = a.read("s1")
     assert a.lease_for_commit("s1", a.read("s1")) is None  # never raced: no lease taken
     assert client.exists(lease_keys("s1")[0]) == 0
-    assert isinstance(b.commit("s1", 1, state), Committed)
-    assert a.commit("s1", 1, state) == Conflict(2)
-    moved = a.lease_for_commit("s1", new_session())  # a still thinks version 1
+    current = b.read("s1")  # b commits first: a's commit conflicts
+    assert isinstance(b.commit("s1", 1, fitted(current)), Committed)
+    assert a.commit("s1", 1, fitted(current)) == Conflict(2)
+    moved = a.lease_for_commit("s1", stale)  # a still thinks version 1
     assert moved is not None and moved.version == 2
     assert moved.state.num_batches_tracked == 1
     assert client.exists(lease_keys("s1")[0]) == 1
@@ -74,6 +81,34 @@ def test_a_conflict_puts_the_session_on_leases(redis_url: str, client: redis.Red
     b.close()
 
 
+def test_a_session_leaves_leases_after_a_run_of_commits_without_races(
+    redis_url: str, client: redis.Redis
+) -> None:
+    a = replica(redis_url)
+    a.create(new_session())
+    make_hot(a)
+    commits, version = Commits(), 1
+    while a._turns.is_hot("s1"):
+        version = commits.fit(a, a.read("s1"), X, output=False).record.version
+        assert version < 100
+    assert a.lease_for_commit("s1", a.read("s1")) is None
+    assert client.exists(lease_keys("s1")[0]) == 0
+    assert a.read("s1").state.num_batches_tracked == version - 1
+    a.close()
+
+
+def test_a_snapshot_older_than_this_processs_last_commit_is_combined_on_the_newer_one(
+    redis_url: str,
+) -> None:
+    a = replica(redis_url)
+    a.create(new_session())
+    stale = a.read("s1")
+    assert isinstance(a.commit("s1", 1, fitted(stale)), Committed)
+    newer = a.lease_for_commit("s1", stale)
+    assert newer is not None and newer.version == 2
+    a.close()
+
+
 def test_a_waiter_gets_the_lease_from_the_holders_commit(
     redis_url: str, client: redis.Redis
 ) -> None:
@@ -81,7 +116,7 @@ def test_a_waiter_gets_the_lease_from_the_holders_commit(
     a.create(new_session())
     start = a.read("s1")
     for store in (a, b):
-        store._turns.heat("s1")
+        make_hot(store)
     assert a.lease_for_commit("s1", start) is None  # a holds it; the session is as a read it
     got: list[Session | None] = []
     waiter = threading.Thread(target=lambda: got.append(b.lease_for_commit("s1", start)))
@@ -92,8 +127,9 @@ def test_a_waiter_gets_the_lease_from_the_holders_commit(
     moved = got[0]
     assert moved is not None and moved.version == 2  # b combines on a's commit
     holder = client.get(lease_keys("s1")[0])
-    assert holder is not None and holder.decode() == b._turns.take("s1")
-    b._turns.hold("s1", holder.decode())
+    token, waited = b._turns.take("s1")
+    assert holder is not None and holder.decode() == token and waited
+    b._turns.hold("s1", token, waited)
     assert isinstance(b.commit("s1", 2, fitted(moved)), Committed)
     assert client.exists(lease_keys("s1")[0]) == 0
     a.close()
@@ -105,7 +141,8 @@ import sys, time
 from service.stores.base import StoreOptions
 from service.stores.redis import RedisStore
 store = RedisStore(sys.argv[1], StoreOptions(timeout_s=10.0), lease_ms=int(sys.argv[2]))
-store._turns.heat("s1")
+while not store._turns.is_hot("s1"):
+    store._turns.observe("s1", raced=True)
 store.lease_for_commit("s1", store.read("s1"))
 print("held", flush=True)
 time.sleep(600)
@@ -128,7 +165,7 @@ def test_a_lease_held_by_a_killed_process_blocks_the_session_only_until_it_expir
         if holder.stdout is not None:
             holder.stdout.close()
     assert client.pttl(lease_keys("s1")[0]) > 0  # the dead process still holds it
-    survivor._turns.heat("s1")
+    make_hot(survivor)
     commits = Commits(timeout_s=30.0)
     out = commits.fit(survivor, survivor.read("s1"), X, output=False)
     assert out.record.version == 2
