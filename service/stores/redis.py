@@ -142,6 +142,7 @@ class RedisStore:
             socket_timeout=timeout_s + lease_ms / 1000,
             socket_connect_timeout=timeout_s,
             socket_keepalive=True,
+            retry=Retry(ExponentialBackoff(cap=timeout_s / 4, base=0.05), 1),
         )
         self._waits = redis.Redis(connection_pool=waits)
         self._where = f"redis store at {url.split('@')[-1]}"  # never the password
