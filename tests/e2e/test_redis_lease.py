@@ -109,6 +109,17 @@ def test_a_snapshot_older_than_this_processs_last_commit_is_combined_on_the_newe
     a.close()
 
 
+def test_deleting_a_session_drops_its_lease(redis_url: str, client: redis.Redis) -> None:
+    a = replica(redis_url)
+    a.create(new_session())
+    make_hot(a)
+    assert a.lease_for_commit("s1", a.read("s1")) is None
+    assert client.exists(lease_keys("s1")[0]) == 1
+    a.delete("s1")
+    assert client.exists(*lease_keys("s1")[:2]) == 0
+    a.close()
+
+
 def test_a_waiter_gets_the_lease_from_the_holders_commit(
     redis_url: str, client: redis.Redis
 ) -> None:
