@@ -136,8 +136,12 @@ end
 -- -> {'duplicate', fp, sid, ver, payload, ca} | {'missing'} | {'conflict', version}
 --    | {'committed', version, ua, own, name, ca}
 -- Whatever the outcome, the caller's lease is released (handed to the next waiter) in this
--- same call: a turn costs no extra round trip.
+-- same call: a turn costs no extra round trip. While another caller holds the lease, this
+-- commit is a conflict even at the expected version: the holder combined on that version
+-- too, and a writer that ignored leases would make it retry again and again.
 local function commit(keys, args)
+  local holder = redis.call('GET', keys[5])
+  local intruder = holder and holder ~= args[18]
   release(keys[5], keys[6], args[18], tonumber(args[19]))
   local state_key, receipt_key, log_key, brief_key = keys[1], keys[2], keys[3], keys[4]
   local expected, token = tonumber(args[1]), args[3]
@@ -154,14 +158,13 @@ local function commit(keys, args)
     end
   end
   local version = tonumber(current[1])
-  if version ~= expected then
-    -- The same token one version on: this very call was applied and its answer lost on the
-    -- way back (a resend after a dropped connection). Applying it again would count the
-    -- batch twice.
-    if version == expected + 1 and current[2] == token then
-      return {'committed', version, redis.call('HGET', state_key, 'ua'), current[3], current[4],
-        current[5]}
-    end
+  -- The same token one version on: this very call was applied and its answer lost on the way
+  -- back (a resend after a dropped connection). Applying it again would count the batch twice.
+  if version == expected + 1 and current[2] == token then
+    return {'committed', version, redis.call('HGET', state_key, 'ua'), current[3], current[4],
+      current[5]}
+  end
+  if version ~= expected or intruder then
     return {'conflict', version}
   end
   version = expected + 1

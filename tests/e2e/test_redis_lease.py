@@ -62,25 +62,20 @@ def make_hot(store: RedisStore, sid: str = "s1") -> None:
         store._turns.observe(sid, raced=True)
 
 
-def test_a_session_that_keeps_conflicting_goes_on_leases(
-    redis_url: str, client: redis.Redis
-) -> None:
+def test_a_conflict_puts_the_session_on_leases(redis_url: str, client: redis.Redis) -> None:
     a, b = replica(redis_url), replica(redis_url)
     a.create(new_session())
     stale = a.read("s1")
     assert a.lease_for_commit("s1", a.read("s1")) is None  # never raced: no lease taken
-    for version in (1, 2, 3):  # b commits first each time: a's commit conflicts
-        current = b.read("s1")
-        assert isinstance(b.commit("s1", version, fitted(current)), Committed)
-        assert a.commit("s1", version, fitted(current)) == Conflict(version + 1)
-        if version == 1:  # one race is not worth a round trip per commit
-            assert a.lease_for_commit("s1", a.read("s1")) is None
-            assert client.exists(lease_keys("s1")[0]) == 0
+    assert client.exists(lease_keys("s1")[0]) == 0
+    current = b.read("s1")  # b commits first: a's commit conflicts
+    assert isinstance(b.commit("s1", 1, fitted(current)), Committed)
+    assert a.commit("s1", 1, fitted(current)) == Conflict(2)
     moved = a.lease_for_commit("s1", stale)  # a still thinks version 1
-    assert moved is not None and moved.version == 4
-    assert moved.state.num_batches_tracked == 3
+    assert moved is not None and moved.version == 2
+    assert moved.state.num_batches_tracked == 1
     assert client.exists(lease_keys("s1")[0]) == 1
-    assert isinstance(a.commit("s1", 4, fitted(moved)), Committed)
+    assert isinstance(a.commit("s1", 2, fitted(moved)), Committed)
     assert client.exists(lease_keys("s1")[0]) == 0  # the commit released it
     a.close()
     b.close()
@@ -123,6 +118,22 @@ def test_deleting_a_session_drops_its_lease(redis_url: str, client: redis.Redis)
     a.delete("s1")
     assert client.exists(*lease_keys("s1")[:2]) == 0
     a.close()
+
+
+def test_a_commit_that_ignores_another_processs_lease_is_a_conflict(
+    redis_url: str, client: redis.Redis
+) -> None:
+    a, b = replica(redis_url), replica(redis_url)
+    a.create(new_session())
+    make_hot(a)
+    start = a.read("s1")
+    assert a.lease_for_commit("s1", start) is None  # a's turn
+    assert b.commit("s1", 1, fitted(start)) == Conflict(1)  # b was not leasing: refused
+    assert b._turns.is_hot("s1")  # so b takes turns from now on
+    assert isinstance(a.commit("s1", 1, fitted(start)), Committed)
+    assert client.exists(lease_keys("s1")[0]) == 0
+    a.close()
+    b.close()
 
 
 def test_a_waiter_gets_the_lease_from_the_holders_commit(
