@@ -5,7 +5,8 @@ replica, Redis behind two replicas.
 
 Starts a ``redis-server`` (AOF everysec, temporary folder) and ``bnaas serve`` processes on
 free loopback ports (one worker each; ``--old-tree`` adds a server run from that tree, with its
-``.venv`` when it has one, on a fresh SQLite file), then drives fits (``?output=false``, .npy
+``.venv`` when it has one, on a fresh SQLite file, and two replicas of that tree on the same
+Redis: "redis old x2"), then drives fits (``?output=false``, .npy
 bodies) with ``wrk`` and bench/wrk/fit.lua: keep-alive connections, fits round-robin over the
 sessions, wrk thread k on replica k mod n. Two loads:
 - "8 sessions": ``--clients`` connections over 8 sessions;
@@ -13,8 +14,9 @@ sessions, wrk thread k on replica k mod n. Two loads:
 wrk is C and runs under ``nice``: on a 2-core machine a Python load generator takes the CPU
 the servers need (the replica ratio then measures the generator). Rounds are interleaved
 (setup order rotates each round); the report gives medians with [min-max] over rounds, and the
-ratios per round. Retries per commit, for Redis: FCALL write calls minus acknowledged fits,
-over fits (every commit conflict costs one more call). Server CPU per fit counts the bnaas
+ratios per round. Retries per commit, for Redis: the replicas' commit conflicts (each one costs
+a re-read and another commit; ``bnaas_commits_total{outcome="conflict"}`` from ``/metrics``),
+over acknowledged fits. Server CPU per fit counts the bnaas
 processes and, for Redis, redis-server. Asserts nothing: the machine is shared, read ratios.
 """
 
@@ -108,26 +110,20 @@ def redis_server(folder: Path) -> Iterator[tuple[int, int]]:
         proc.wait(15)
 
 
-def redis_command(port: int, *args: str) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall((" ".join(args) + "\r\n").encode())
-        data = b""
-        while not data.endswith(b"\r\n") or data.count(b"\r\n") < 2:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-            if data.startswith((b"+", b"-", b":")):
-                break
-        return data
+CONFLICTS = 'bnaas_commits_total{outcome="conflict"}'
 
 
-def fcall_writes(port: int) -> int:
-    """Calls of FCALL (commits, creates) so far; reads go through FCALL_RO."""
-    for line in redis_command(port, "INFO", "commandstats").decode().splitlines():
-        if line.startswith("cmdstat_fcall:"):
-            return int(line.split("calls=")[1].split(",")[0])
-    return 0
+def conflicts(ports: list[int]) -> float:
+    """Commit conflicts so far, summed over these replicas (their ``/metrics``)."""
+    total = 0.0
+    for port in ports:
+        status, body = _request(port, "GET", "/metrics")
+        if status != 200:
+            raise SystemExit(f"/metrics on port {port}: HTTP {status}")
+        for line in body.decode().splitlines():
+            if line.startswith(CONFLICTS):
+                total += float(line.split()[-1])
+    return total
 
 
 @contextmanager
@@ -213,7 +209,7 @@ def measure(
     setup: Setup, case: str, clients: int, body: Path, args: argparse.Namespace
 ) -> dict[str, float]:
     sessions = setup.sessions[case]
-    calls = fcall_writes(setup.redis[0]) if setup.redis else 0
+    calls = conflicts(setup.ports) if setup.redis else 0
     cpu = cpu_seconds(setup.pids)
     summary, gen_cpu = wrk(setup.ports, sessions, clients, body, args, args.seconds)
     cpu = cpu_seconds(setup.pids) - cpu
@@ -228,7 +224,7 @@ def measure(
     # Cores the servers (and redis-server) kept busy: what the setup got of the machine.
     row["server cores"] = row["fits/s"] * row["cpu ms/fit"] / 1000
     if setup.redis:
-        row["retries"] = (fcall_writes(setup.redis[0]) - calls - fits) / max(fits, 1)
+        row["retries"] = (conflicts(setup.ports) - calls) / max(fits, 1)
     return row
 
 
@@ -243,7 +239,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--nice", type=int, default=10, help="niceness of wrk")
     parser.add_argument("--idempotency", action="store_true", help="unique Idempotency-Keys")
-    parser.add_argument("--old-tree", type=Path, help="also serve SQLite from this tree")
+    parser.add_argument("--old-tree", type=Path, help="also serve SQLite and Redis from this tree")
+    parser.add_argument("--no-sqlite", action="store_true", help="Redis setups only")
     args = parser.parse_args()
     x = np.random.default_rng(0).normal(0, 1, (args.rows, args.features)).astype("f4")
     cases = {"8 sessions": (8, args.clients), "hot": (1, args.hot)}
@@ -259,13 +256,19 @@ def main() -> None:
             return stack.enter_context(bnaas(store, folder / f"{name}.log", tree))
 
         setups: list[Setup] = []
-        if args.old_tree:
+        if args.old_tree and not args.no_sqlite:
             old = serve("sqlite-old", f"sqlite:///{folder / 'old.db'}", args.old_tree.resolve())
             setups.append(Setup("sqlite old", [old], None))
-        setups.append(Setup("sqlite", [serve("sqlite", f"sqlite:///{folder / 'new.db'}")], None))
+        if not args.no_sqlite:
+            sqlite = serve("sqlite", f"sqlite:///{folder / 'new.db'}")
+            setups.append(Setup("sqlite", [sqlite], None))
         a, b = serve("redis-a", url), serve("redis-b", url)
         # x1 is replica a alone; b idles meanwhile (an idle server costs no CPU).
         setups += [Setup("redis x1", [a], (rport, rpid)), Setup("redis x2", [a, b], (rport, rpid))]
+        if args.old_tree:
+            # The older release's replicas, on the same Redis (its own Function library).
+            old_a, old_b = (serve(f"redis-old-{n}", url, args.old_tree.resolve()) for n in "ab")
+            setups.append(Setup("redis old x2", [old_a, old_b], (rport, rpid)))
         for setup in setups:
             for case, (n, clients) in cases.items():
                 setup.sessions[case] = [create(setup.ports[0], args.features) for _ in range(n)]
@@ -276,7 +279,7 @@ def main() -> None:
                     row = measure(setup, case, clients, body, args)
                     results.setdefault((setup.name, case), []).append(row)
                     values = " ".join(f"{k}={v:.2f}" for k, v in row.items())
-                    print(f"round {r + 1} {setup.name:<10} {case:<10} {values}", flush=True)
+                    print(f"round {r + 1} {setup.name:<12} {case:<10} {values}", flush=True)
     _report(results, args)
 
 
@@ -293,13 +296,13 @@ def _report(results: Results, args: argparse.Namespace) -> None:
     print(f"fits of ({args.rows}, {args.features}) float32 .npy, ?output=false, wrk "
           f"-t{args.threads} nice {args.nice}, {args.seconds:g} s x {args.rounds} interleaved "
           f"rounds, {os.cpu_count()} CPUs; median [min-max]")  # fmt: skip
-    print(f"{'store':<10} {'case':<26} {'fits/s':>16} {'p99 ms':>18} {'retries/commit':>20} "
+    print(f"{'store':<12} {'case':<26} {'fits/s':>16} {'p99 ms':>18} {'retries/commit':>20} "
           f"{'server CPU ms/fit':>18} {'cores':>5} {'wrk ms/fit':>11} {'errors':>7}")  # fmt: skip
     for (name, case), rows in results.items():
         clients = args.hot if case == "hot" else args.clients
         col = {k: [row[k] for row in rows] for k in rows[0]}
         retries = _spread(col["retries"], ".3f") if "retries" in col else "-"
-        print(f"{name:<10} {f'{case} ({clients} clients)':<26} {_spread(col['fits/s']):>16} "
+        print(f"{name:<12} {f'{case} ({clients} clients)':<26} {_spread(col['fits/s']):>16} "
               f"{_spread(col['p99 ms'], '.1f'):>18} {retries:>20} "
               f"{_spread(col['cpu ms/fit'], '.2f'):>18} "
               f"{statistics.median(col['server cores']):>5.2f} "
@@ -316,15 +319,20 @@ def _report(results: Results, args: argparse.Namespace) -> None:
             floor = "  (floor: >= 1.3)" if case == "8 sessions" else ""
             new_old = _spread(ratio("sqlite", "sqlite old", case), ".2f")
             print(f"{case}: sqlite new / old = {new_old}{floor}")
+        if ("redis old x2", case) in results:
+            new_old = _spread(ratio("redis x2", "redis old x2", case), ".2f")
+            print(f"{case}: redis x2 new / old = {new_old}")
         floor = "  (floor: >= 1.3)" if case == "8 sessions" else ""
         print(
             f"{case}: redis x2 / x1 = {_spread(ratio('redis x2', 'redis x1', case), '.2f')}{floor}"
         )
-    hot = [row["retries"] for row in results[("redis x2", "hot")]]
-    print(
-        f"hot, redis x2, {args.hot} clients: retries per commit = {_spread(hot, '.3f')} "
-        "(floor: < 1)"
-    )
+    for name in ("redis x2", "redis old x2"):
+        if (name, "hot") in results:
+            hot = [row["retries"] for row in results[(name, "hot")]]
+            print(
+                f"hot, {name}, {args.hot} clients: retries per commit = {_spread(hot, '.3f')} "
+                "(floor: < 1)"
+            )
 
 
 def cases_of(results: Results) -> list[str]:

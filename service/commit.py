@@ -43,6 +43,7 @@ from service.stores.base import (
     Store,
     check_version,
     create_scope,
+    lease_for_commit,
     submit_commit,
     version_matches,
 )
@@ -299,6 +300,9 @@ class Commits:
             with _locked(flight, sid, self._timeout_s):
                 if flight.last is not None and flight.last.version > current.version:
                     current, after = flight.last, flight.last.pending  # landed or on its way
+                moved = lease_for_commit(store, sid, current)  # Redis: replicas take turns
+                if moved is not None:
+                    current, after, fresh = moved, None, True
                 if not version_matches(current.version, if_match) and not fresh:
                     current, after, fresh = store.read(sid), None, True  # judged on stored data
                 check_version(current.version, if_match)

@@ -242,6 +242,19 @@ def _landed(pending: PendingCommit) -> bool:
         return False
 
 
+def lease_for_commit(store: Store, session_id: str, current: Session) -> Session | None:
+    """Called by the commit loop before it combines on ``current`` (the session's lock in this
+    process held): a store that makes writers of several processes take turns (Redis: a
+    lease on sessions they raced on) waits for this process's turn, which its next ``commit``
+    of the session ends. Returns the stored session when it has moved past ``current``, else
+    None. A no-op for stores without a ``lease_for_commit`` method of this signature."""
+    lease = getattr(store, "lease_for_commit", None)
+    if lease is None:
+        return None
+    found: Session | None = lease(session_id, current)
+    return found
+
+
 class CorruptRecord(StoreUnavailable):
     """A stored record cannot be decoded (torn write, foreign bytes): 503, never 409/500."""
 

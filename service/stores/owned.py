@@ -20,6 +20,7 @@ from service.stores.base import (
     Session,
     Store,
     create_scope,
+    lease_for_commit,
     loop_safe,
     submit_commit,
 )
@@ -69,6 +70,9 @@ class OwnedStore:
             history=history,
             after=after,
         )
+
+    def lease_for_commit(self, session_id: str, current: Session) -> Session | None:
+        return lease_for_commit(self.inner, session_id, current)
 
     def create(self, session: Session, *, receipt: Receipt | None = None) -> CommitResult:
         if receipt is not None:

@@ -4,7 +4,9 @@ Every state change is ONE Redis Function call (``redis_functions.lua``, loaded a
 ``FUNCTION LOAD REPLACE``) that checks the receipt and the expected version, writes the state,
 keeps the O(C) receipt and appends the history entry: nothing is ever half-applied, and
 replicas need no sticky routing. The per-session lock and the re-read-and-recombine loop live
-in ``service.commit``. Keys of one session share a hash tag, so Redis Cluster works too.
+in ``service.commit``; sessions that replicas race on take turns through a lease in Redis
+(``lease_for_commit``, ``redis_lease``). Keys of one session share a hash tag, so Redis Cluster
+works too.
 
 Faults (refused, timed out, Redis loading its data, read-only, out of memory, AOF not
 writable) raise ``StoreUnavailable`` (503 + Retry-After) within ``timeout_s`` per attempt
@@ -47,6 +49,7 @@ from service.stores.base import (
     check_version,
 )
 from service.stores.cache import SessionCache
+from service.stores.redis_lease import LEASE_MS, Turns
 
 T = TypeVar("T")
 log = logging.getLogger("bnaas")
@@ -65,6 +68,12 @@ def session_keys(session_id: str) -> list[str]:
     """``[state, log, brief]``: one hash tag, so one Redis Cluster slot per session."""
     tag = f"{{s:{session_id}}}"
     return [f"{tag}:state", f"{tag}:log", f"{tag}:brief"]
+
+
+def lease_keys(session_id: str, token: str = "") -> list[str]:
+    """``[lease, queue, wake]`` of a session (``wake``: the waiter ``token``'s wake-up list)."""
+    tag = f"{{s:{session_id}}}"
+    return [f"{tag}:lease", f"{tag}:queue", f"{tag}:wake:{token}"]
 
 
 def receipt_key(scope: str, key: str, session_scoped: bool) -> str:
@@ -95,9 +104,20 @@ def _owner_args(owner: str | None) -> list[str]:
 class RedisStore:
     """The store interface on Redis (``redis://`` or ``rediss://``, password in the URL)."""
 
-    def __init__(self, url: str, options: StoreOptions | None = None, xp: ModuleType = np) -> None:
+    def __init__(
+        self,
+        url: str,
+        options: StoreOptions | None = None,
+        xp: ModuleType = np,
+        *,
+        lease_ms: int = LEASE_MS,
+        turns: Turns | None = None,
+    ) -> None:
         options = options or StoreOptions()
         timeout_s = options.timeout_s
+        self._timeout_s = timeout_s
+        self._lease_ms = lease_ms
+        self._turns = turns or Turns()
         self._ttl_ms = max(1, int(options.idempotency_ttl_s * 1000))
         self._xp = xp
         self._policy = options.history
@@ -113,6 +133,18 @@ class RedisStore:
             retry=Retry(ExponentialBackoff(cap=timeout_s / 4, base=0.05), 1),
         )
         self._redis = redis.Redis(connection_pool=pool)
+        # Waiting for a lease blocks a connection (BLPOP, at most one lease long): its own
+        # pool, so that waiters never starve the commits that would wake them.
+        waits = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=options.pool_size,
+            timeout=timeout_s,
+            socket_timeout=timeout_s + lease_ms / 1000,
+            socket_connect_timeout=timeout_s,
+            socket_keepalive=True,
+            retry=Retry(ExponentialBackoff(cap=timeout_s / 4, base=0.05), 1),
+        )
+        self._waits = redis.Redis(connection_pool=waits)
         self._where = f"redis store at {url.split('@')[-1]}"  # never the password
         self._cache = SessionCache()
         try:
@@ -189,13 +221,49 @@ class RedisStore:
         cached = self._cache.get(session_id)
         have = "" if cached is None else str(cached.version)
         keys = session_keys(session_id)[:1]
-        row = self._fcall("bnaas_read_v1", keys, [*_owner_args(owner), have], ro=True)
+        row = self._fcall("bnaas_read_v2", keys, [*_owner_args(owner), have], ro=True)
         if row is not None and row[5] is None and self._cache.get(session_id) is not cached:
             # Our copy was evicted or replaced meanwhile: ask for the state itself.
-            row = self._fcall("bnaas_read_v1", keys, [*_owner_args(owner), ""], ro=True)
+            row = self._fcall("bnaas_read_v2", keys, [*_owner_args(owner), ""], ro=True)
         if row is None:
             raise SessionNotFound(session_id)
         return self._session(session_id, row, cached)
+
+    def lease_for_commit(self, session_id: str, current: Session) -> Session | None:
+        """Before combining on ``current``: on a hot session, wait for this process's turn (the
+        session's lease in Redis), which the next ``commit`` releases. The stored session when
+        another writer moved it past ``current``, else None. Never fails for want of a turn:
+        after ``timeout_s`` the commit goes ahead unleased (the version check keeps it exact)."""
+        if not self._turns.is_hot(session_id):
+            # A snapshot read before another thread of this process committed: its commit
+            # would conflict. The newest session this process saw costs nothing to check.
+            known = self._cache.get(session_id)
+            return known if known is not None and known.version > current.version else None
+        token = secrets.token_hex(8)
+        keys = [session_keys(session_id)[0], *lease_keys(session_id, token)]
+        args = [token, self._lease_ms, str(current.version)]
+        deadline, waited = time.monotonic() + self._timeout_s, False
+        while True:
+            reply = self._fcall("bnaas_lease_v2", keys, args)
+            if reply[0] != b"wait":
+                break
+            waited = True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            # Woken when the holder's commit hands the lease over; else at its expiry.
+            wait = min(left, int(reply[1]) / 1000 + 0.002)
+            self._wait_turn(keys[3], wait)
+        if reply[0] == b"missing":
+            return None  # the commit answers it
+        self._turns.hold(session_id, token, waited)
+        if int(reply[1]) == current.version:
+            return None
+        return self._session(session_id, reply[1:], None)
+
+    def _wait_turn(self, wake: str, seconds: float) -> None:
+        with self._faults():
+            self._waits.blpop([wake], max(seconds, 0.001))
 
     def commit(
         self,
@@ -207,6 +275,8 @@ class RedisStore:
         history: HistoryEntry | None = None,
     ) -> CommitResult:
         keys = session_keys(session_id)
+        lease, queue, _ = lease_keys(session_id)
+        token, waited = self._turns.take(session_id)
         if receipt is not None and receipt.scope != session_id:
             raise ValueError(f"a commit's receipt belongs to its session, not {receipt.scope!r}")
         rkey = receipt_key(session_id, receipt.key, True) if receipt else keys[0]
@@ -214,8 +284,8 @@ class RedisStore:
         policy = self._policy
         recent = policy.recent_for(history.num_features) if history else 0
         reply = self._fcall(
-            "bnaas_commit_v1",
-            [keys[0], rkey, keys[1], keys[2]],
+            "bnaas_commit_v2",
+            [keys[0], rkey, keys[1], keys[2], lease, queue],
             [
                 expected_version,
                 bncore.state_to_bytes(state),
@@ -225,7 +295,7 @@ class RedisStore:
                 "1" if history else "0",
                 history.full if history else b"",
                 history.brief if history else b"",
-                recent, policy.every, policy.older,
+                recent, policy.every, policy.older, token, self._lease_ms,
             ],
         )  # fmt: skip
         outcome = reply[0]
@@ -235,6 +305,8 @@ class RedisStore:
         if outcome == b"duplicate":
             assert receipt is not None  # only a commit with a receipt finds one held
             return Duplicate(self._receipt(receipt.scope, receipt.key, reply[1:]))
+        # Replicas that often race on a session take turns (see redis_lease).
+        self._turns.observe(session_id, waited or outcome == b"conflict")
         if outcome == b"conflict":
             return Conflict(int(reply[1]))
         version, updated, owner, name, created = reply[1:]
@@ -274,7 +346,7 @@ class RedisStore:
 
         self._call(index)
         created = self._fcall(
-            "bnaas_create_v1",
+            "bnaas_create_v2",
             keys,
             [
                 bncore.state_to_bytes(session.state), session.version, session.owner or "",
@@ -299,7 +371,7 @@ class RedisStore:
         stale = ""
         for _ in range(2):
             args = self._receipt_args(receipt)[1:]
-            reply = self._fcall("bnaas_claim_v1", [rkey], [*args, stale])
+            reply = self._fcall("bnaas_claim_v2", [rkey], [*args, stale])
             if reply[0] == b"claimed":
                 return None
             held = self._receipt(receipt.scope, receipt.key, reply[1:])
@@ -331,8 +403,8 @@ class RedisStore:
 
     def delete(self, session_id: str, owner: str | None = None, if_match: IfMatch = None) -> None:
         reply = self._fcall(
-            "bnaas_delete_v1",
-            session_keys(session_id),
+            "bnaas_delete_v2",
+            [*session_keys(session_id), *lease_keys(session_id)[:2]],
             [*_owner_args(owner), _if_match_arg(if_match)],
         )
         self._cache.drop(session_id)
@@ -403,8 +475,9 @@ class RedisStore:
             self._redis.ping()
 
     def close(self) -> None:
-        self._redis.close()
-        self._redis.connection_pool.disconnect()
+        for r in (self._redis, self._waits):
+            r.close()
+            r.connection_pool.disconnect()
 
 
 def _if_match_arg(if_match: IfMatch) -> str:

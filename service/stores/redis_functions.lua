@@ -1,4 +1,4 @@
-#!lua name=bnaas_v1
+#!lua name=bnaas_v2
 -- The Redis store's server side: every state change of a session is ONE call here, so the
 -- version check, the write, the idempotency receipt and the history entry are atomic.
 --
@@ -9,10 +9,41 @@
 --   {s:<id>}:idem:<key>   hash: the receipt (fp, sid, ver, pl, ca); expires after the TTL
 --   {s:<id>}:log          stream of full history entries, id = '<version>-0', capped
 --   {s:<id>}:brief        stream of brief entries of older fits, id = '<version>-0', capped
+--   {s:<id>}:lease        string: the token of the process whose turn it is to commit (PX)
+--   {s:<id>}:queue        list: tokens waiting for the lease, in order
+--   {s:<id>}:wake:<tok>   list: a waiter's wake-up (BLPOP), pushed when the lease is handed to it
 -- Receipts of creates live under their own tag, {<scope>}:receipt:<key> (claim below).
 -- Loaded at startup with FUNCTION LOAD REPLACE (idempotent). An incompatible change gets a new
--- library and function suffix (_v2), so replicas of two releases can share one Redis.
+-- library and function suffix (_v3), so replicas of two releases can share one Redis.
 -- Redis 7.0 (Debian 12) is the floor: nothing newer than FUNCTION/FCALL is used.
+-- v2 (over v1): the per-session lease. v1's functions stay callable by replicas of the older
+-- release: they ignore the lease, and the version check keeps every commit exact anyway.
+
+-- The lease of a hot session is only an optimization (writers take turns instead of racing
+-- and retrying): the version check in commit() is what keeps counts exact, so a lease that
+-- expires under a slow holder costs a retry, never a wrong state. A dead holder's lease
+-- expires by itself (PX); a release hands the lease to the oldest waiter (fair: a busy
+-- process cannot starve another) and wakes it.
+local function wake_key(lease_key, token)
+  -- Same hash tag as the lease key, so the same Cluster slot (the token is not known when
+  -- the caller declares its keys).
+  return string.sub(lease_key, 1, #lease_key - #'lease') .. 'wake:' .. token
+end
+
+local function release(lease_key, queue_key, token, px)
+  if token == '' or redis.call('GET', lease_key) ~= token then
+    return
+  end
+  local nxt = redis.call('LPOP', queue_key)
+  if not nxt then
+    redis.call('DEL', lease_key)
+    return
+  end
+  redis.call('SET', lease_key, nxt, 'PX', px)
+  local wake = wake_key(lease_key, nxt)
+  redis.call('RPUSH', wake, '1')
+  redis.call('PEXPIRE', wake, px)
+end
 
 local function receipt_reply(tag, key)
   local r = redis.call('HMGET', key, 'fp', 'sid', 'ver', 'pl', 'ca')
@@ -67,14 +98,51 @@ local function read(keys, args)
   return {m[1], m[2], m[3], m[4], m[5], st}
 end
 
--- KEYS: state, receipt (the state key again when there is none), log, brief
+-- KEYS: state, lease, queue, wake (this token's)
+-- ARGV: 1 token, 2 lease ms, 3 version the caller has decoded ('' = none)
+-- -> {'missing'} | {'wait', ms until the lease expires}
+--    | {'held', v, own, name, ca, ua, st | nil (the caller's version is current)}
+-- Takes the lease when it is free (or was handed to this token); else queues the token.
+local function lease(keys, args)
+  local state_key, lease_key, queue_key = keys[1], keys[2], keys[3]
+  local token, px = args[1], tonumber(args[2])
+  local m = redis.call('HMGET', state_key, 'v', 'own', 'name', 'ca', 'ua')
+  if not m[1] then
+    return {'missing'}
+  end
+  local holder = redis.call('GET', lease_key)
+  if holder and holder ~= token then
+    redis.call('LREM', queue_key, 0, token)  -- a waiter that timed out asks again: once queued
+    redis.call('RPUSH', queue_key, token)
+    redis.call('PEXPIRE', queue_key, 10 * px)  -- waiters that all died leave nothing behind
+    return {'wait', redis.call('PTTL', lease_key)}
+  end
+  if not holder then
+    redis.call('SET', lease_key, token, 'PX', px)
+    redis.call('LREM', queue_key, 0, token)
+  end
+  local st = false
+  if m[1] ~= args[3] then
+    st = redis.call('HGET', state_key, 'st')
+  end
+  return {'held', m[1], m[2], m[3], m[4], m[5], st}
+end
+
+-- KEYS: state, receipt (the state key again when there is none), log, brief, lease, queue
 -- ARGV: 1 expected version, 2 new state record, 3 commit token, 4 now,
 --       5 has receipt ('1'/'0'), 6..10 receipt fp, sid, ver, payload, created_at,
 --       11 receipt TTL (ms), 12 has history ('1'/'0'), 13 full entry, 14 brief entry,
---       15 recent, 16 every, 17 older
+--       15 recent, 16 every, 17 older, 18 lease token held ('' = none), 19 lease ms
 -- -> {'duplicate', fp, sid, ver, payload, ca} | {'missing'} | {'conflict', version}
 --    | {'committed', version, ua, own, name, ca}
+-- Whatever the outcome, the caller's lease is released (handed to the next waiter) in this
+-- same call: a turn costs no extra round trip. While another caller holds the lease, this
+-- commit is a conflict even at the expected version: the holder combined on that version
+-- too, and a writer that ignored leases would make it retry again and again.
 local function commit(keys, args)
+  local holder = redis.call('GET', keys[5])
+  local intruder = holder and holder ~= args[18]
+  release(keys[5], keys[6], args[18], tonumber(args[19]))
   local state_key, receipt_key, log_key, brief_key = keys[1], keys[2], keys[3], keys[4]
   local expected, token = tonumber(args[1]), args[3]
   local current = redis.call('HMGET', state_key, 'v', 'tok', 'own', 'name', 'ca')
@@ -90,14 +158,13 @@ local function commit(keys, args)
     end
   end
   local version = tonumber(current[1])
-  if version ~= expected then
-    -- The same token one version on: this very call was applied and its answer lost on the
-    -- way back (a resend after a dropped connection). Applying it again would count the
-    -- batch twice.
-    if version == expected + 1 and current[2] == token then
-      return {'committed', version, redis.call('HGET', state_key, 'ua'), current[3], current[4],
-        current[5]}
-    end
+  -- The same token one version on: this very call was applied and its answer lost on the way
+  -- back (a resend after a dropped connection). Applying it again would count the batch twice.
+  if version == expected + 1 and current[2] == token then
+    return {'committed', version, redis.call('HGET', state_key, 'ua'), current[3], current[4],
+      current[5]}
+  end
+  if version ~= expected or intruder then
     return {'conflict', version}
   end
   version = expected + 1
@@ -138,7 +205,8 @@ local function claim(keys, args)
   return {'claimed'}
 end
 
--- KEYS: state, log, brief  ARGV: check owner ('1'/'0'), owner, If-Match version ('' = any)
+-- KEYS: state, log, brief, lease, queue
+-- ARGV: check owner ('1'/'0'), owner, If-Match version ('' = any)
 -- -> {'deleted', owner} | {'missing'} | {'mismatch', version}
 local function delete(keys, args)
   local m = redis.call('HMGET', keys[1], 'v', 'own')
@@ -154,12 +222,13 @@ local function delete(keys, args)
   end
   -- Receipts of the session expire by themselves; until then commit() ignores them, since
   -- the session is gone.
-  redis.call('DEL', keys[1], keys[2], keys[3])
+  redis.call('DEL', keys[1], keys[2], keys[3], keys[4], keys[5])
   return {'deleted', m[2]}
 end
 
-redis.register_function{function_name = 'bnaas_read_v1', callback = read, flags = {'no-writes'}}
-redis.register_function('bnaas_commit_v1', commit)
-redis.register_function('bnaas_create_v1', create)
-redis.register_function('bnaas_claim_v1', claim)
-redis.register_function('bnaas_delete_v1', delete)
+redis.register_function{function_name = 'bnaas_read_v2', callback = read, flags = {'no-writes'}}
+redis.register_function('bnaas_lease_v2', lease)
+redis.register_function('bnaas_commit_v2', commit)
+redis.register_function('bnaas_create_v2', create)
+redis.register_function('bnaas_claim_v2', claim)
+redis.register_function('bnaas_delete_v2', delete)
