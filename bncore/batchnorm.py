@@ -12,6 +12,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from bncore import cuda_kernels, kernels
 from bncore.backend import Array, namespace
 from bncore.errors import DTypeError, NonFiniteError, ShapeError, StateError, ValueRangeError
@@ -34,6 +36,7 @@ __all__ = [
 
 _FLOATS = ("float16", "float32", "float64")
 _FLOAT_CHARS = "efd"  # dtype.char of float16, float32, float64
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 @dataclass(frozen=True, init=False)
@@ -45,7 +48,8 @@ class FitResult:
     batch: Moments
 
     def __init__(self, output: Array | None, batch: Moments) -> None:
-        self.__dict__.update(output=output, batch=batch)  # as Moments: no frozen __init__
+        d = self.__dict__  # as Moments: no frozen __init__
+        d["output"], d["batch"] = output, batch
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,8 @@ def _dims(x: Array, state: BNState, what: str = "input") -> tuple[int, int, int]
     (the C kernels take ``x`` itself with these: no view to build, no output to reshape)."""
     cfg = state.config
     dt, shape = x.dtype, x.shape
-    if dt.char not in _FLOAT_CHARS or dt.kind != "f":
+    # identity first: NumPy's native float32/float64 dtypes are singletons
+    if dt is not _F32 and dt is not _F64 and (dt.char not in _FLOAT_CHARS or dt.kind != "f"):
         raise DTypeError(f"{what} dtype must be one of {', '.join(_FLOATS)}, got {dt.name}")
     if not 2 <= len(shape) <= 5:
         raise ShapeError(f"expected 2D to 5D {what}, got {len(shape)}D input of shape {shape}")
@@ -273,8 +278,13 @@ def fit(state: BNState, x: Array, *, output: bool = True) -> tuple[BNState, FitR
     # formulas of batch_stats + normalize + apply_batch, without their per-call Python cost.
     if dims[0] * dims[2] >= 2 and cfg.nan_policy != "omit":
         rm, rv = state.running_mean, state.running_var
-        tracked = _tracked(state, int(rm is not None))
-        weights = cfg.ema_weights(tracked) if rm is not None else _UNTRACKED
+        if rm is not None:
+            tracked = state.num_batches_tracked + 1
+            if tracked >= MAX_COUNT:
+                _tracked(state, 1)  # raises
+            weights = cfg.ema_weights(tracked)
+        else:
+            tracked, weights = state.num_batches_tracked, _UNTRACKED
         found = kernels.fit_step(
             x, dims, cfg.eps, weights, state.weight, state.bias, rm, rv, state.population, output
         )

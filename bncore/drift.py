@@ -27,8 +27,9 @@ class Drift:
     kl: Array
 
     def __init__(self, mean_shift: Array, log_var_ratio: Array, kl: Array) -> None:
-        # as Moments: one dict update, not the frozen __init__'s setattr per field
-        self.__dict__.update(mean_shift=mean_shift, log_var_ratio=log_var_ratio, kl=kl)
+        # as Moments: the instance dict filled directly, not a setattr per field
+        d = self.__dict__
+        d["mean_shift"], d["log_var_ratio"], d["kl"] = mean_shift, log_var_ratio, kl
 
     def summary(self, top: int = 5) -> dict[str, Any]:
         """Max and mean over channels, and the ``top`` channels with the largest KL."""

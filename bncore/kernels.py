@@ -38,6 +38,8 @@ __all__ = [
 # error) as it would without the kernels.
 _NOT_TAKEN = (TypeError, ValueError, BufferError)
 
+_empty = np.empty  # a global lookup, not a module attribute too: these run per fit
+
 # Below this many elements one thread beats handing rows to a second thread (measured).
 _PARALLEL = 1 << 20
 
@@ -135,9 +137,9 @@ def update(
     if _cpu is None or type(batch.mean) is not np.ndarray:
         return None
     c = batch.mean.shape[0]
-    rm = None if running_mean is None else np.empty(c, running_mean.dtype)
-    rv = None if running_var is None else np.empty(c, running_var.dtype)
-    out = np.empty((3, c))
+    rm = None if running_mean is None else _empty(c, running_mean.dtype)
+    rv = None if running_var is None else _empty(c, running_var.dtype)
+    out = _empty((3, c))
     w_new, w_old, biased = weights
     pop = population
     try:
@@ -156,7 +158,7 @@ def stats(x3: Array) -> tuple[Array, Array, Array, bool] | None:
     if _cpu is None or type(x3) is not np.ndarray or x3.size == 0:
         return None
     a, c, b = x3.shape
-    out = np.empty((3, c))
+    out = _empty((3, c))
     try:
         finite = _cpu.stats(x3, a, c, b, _threads(a, x3.size), out)
     except _NOT_TAKEN:  # the C side checks dtype, byte order and layout
@@ -178,7 +180,7 @@ def normalize(
     if _cpu is None or type(x) is not np.ndarray or x.size == 0:
         return None
     a, c, b = dims
-    y = np.empty_like(x)
+    y = _empty(x.shape, x.dtype)  # x is C-contiguous, or C refuses it
     threads = _threads(a, x.size)
     try:
         _cpu.normalize(x, a, c, b, threads, batch.mean, batch.m2, batch.count, eps, weight, bias, y)
@@ -206,10 +208,10 @@ def fit_step(
     if _cpu is None or type(x) is not np.ndarray:
         return None
     a, c, b = dims
-    y = np.empty_like(x) if output else None
-    out = np.empty((6, c))
-    rm = None if running_mean is None else np.empty(c, running_mean.dtype)
-    rv = None if running_var is None else np.empty(c, running_var.dtype)
+    y = _empty(x.shape, x.dtype) if output else None  # x is C-contiguous, or C refuses it
+    out = _empty((6, c))
+    rm = None if running_mean is None else _empty(c, running_mean.dtype)
+    rv = None if running_var is None else _empty(c, running_var.dtype)
     size = a * c * b
     threads = 1 if size < _PARALLEL else _threads(a, size)
     w_new, w_old, biased = weights
@@ -231,7 +233,7 @@ def drift(
     call; None where the kernels do not apply."""
     if _cpu is None or type(batch.mean) is not np.ndarray:
         return None
-    out = np.empty((3, batch.mean.shape[0]))
+    out = _empty((3, batch.mean.shape[0]))
     try:
         _cpu.drift(batch.mean, batch.m2, batch.count, running_mean, running_var, eps, out)
     except _NOT_TAKEN:

@@ -27,9 +27,10 @@ class Moments:
     m2: Array
 
     def __init__(self, count: Array, mean: Array, m2: Array) -> None:
-        # One dict update, not the frozen __init__'s object.__setattr__ per field: every fit
-        # builds a few of these, and a small fit's whole budget is some 10 us.
-        self.__dict__.update(count=count, mean=mean, m2=m2)
+        # The instance dict filled directly, not the frozen __init__'s object.__setattr__ per
+        # field: every fit builds a few of these, and a small fit's whole budget is some 10 us.
+        d = self.__dict__
+        d["count"], d["mean"], d["m2"] = count, mean, m2
 
     @classmethod
     def zeros(cls, num_features: int, xp: ModuleType) -> Moments:

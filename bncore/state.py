@@ -182,17 +182,15 @@ class BNState:
         num_batches_tracked: int,
         population: Moments,
     ) -> None:
-        # One dict update, not the frozen __init__'s object.__setattr__ per field (every fit
-        # builds one, and a small fit's whole budget is some 10 us).
-        self.__dict__.update(
-            config=config,
-            weight=weight,
-            bias=bias,
-            running_mean=running_mean,
-            running_var=running_var,
-            num_batches_tracked=num_batches_tracked,
-            population=population,
-            derived={},
+        # The instance dict filled directly, not the frozen __init__'s object.__setattr__ per
+        # field (every fit builds one, and a small fit's whole budget is some 10 us).
+        d = self.__dict__
+        d["config"], d["weight"], d["bias"] = config, weight, bias
+        d["running_mean"], d["running_var"] = running_mean, running_var
+        d["num_batches_tracked"], d["population"], d["derived"] = (
+            num_batches_tracked,
+            population,
+            {},
         )
 
     def buffers(self) -> dict[str, Array]:
