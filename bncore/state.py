@@ -291,6 +291,7 @@ _ORDER = ("weight", "bias", "running_mean", "running_var")
 _POP = ("pop_count", "pop_mean", "pop_m2")
 _COUNT_KEY = b'"num_batches_tracked":'
 _F64 = np.dtype(np.float64)
+_HEAD_LEN = struct.Struct("<I")
 # The record's arrays are little-endian: on a little-endian host native arrays go as they are.
 _LITTLE = sys.byteorder == "little"
 
@@ -426,9 +427,9 @@ def state_from_bytes(data: bytes, xp: ModuleType = np) -> BNState:
 def _count_span(data: bytes) -> tuple[int, int, int] | None:
     """(header end, count start, count end) of a record whose header has the count where
     ``state_to_bytes`` puts it; None for anything else."""
-    if len(data) < 8 or data[:4] != _MAGIC:
+    if len(data) < 8 or not data.startswith(_MAGIC):
         return None
-    end = 8 + int.from_bytes(data[4:8], "little")
+    end = 8 + _HEAD_LEN.unpack_from(data, 4)[0]
     start = data.find(_COUNT_KEY, 8, end)
     if start < 0:
         return None
@@ -438,23 +439,24 @@ def _count_span(data: bytes) -> tuple[int, int, int] | None:
 
 
 def _remember(data: bytes, config: BNConfig) -> None:
-    """Keep the layout of a record that the general path read (and so validated)."""
+    """Keep the layout of a record that the general path read (and so validated), when it is
+    the one ``state_to_bytes`` writes for its config (buffers in the config's dtype)."""
     span = _count_span(data)
     if span is None:
         return
     end, start, stop = span
-    header = json.loads(data[8:end])
-    layout = _layout(config, [list(a) for a in header["arrays"]])
+    layout = _own_layout(config)
     if layout.prefix != data[8:start] or layout.suffix != data[stop:end]:
-        return  # written by something other than state_to_bytes: always the general path
+        return  # another layout: always the general path
     if len(_READ) >= _READ_MAX:
         _READ.clear()
     _READ[layout.prefix] = layout
 
 
 def _known_record(data: bytes) -> BNState | None:
-    """A record with a header already read once: the count parsed, the arrays copied out, no
-    JSON and no config validation; None when the header is new (the general path reads it)."""
+    """A record with a header already read once: the count parsed, the arrays copied out in
+    one piece, no JSON and no config validation; None when the header is new (the general
+    path reads it)."""
     span = _count_span(data)
     if span is None:
         return None
@@ -466,13 +468,21 @@ def _known_record(data: bytes) -> BNState | None:
     if not digits.isdigit() or (digits[0] == 0x30 and len(digits) > 1):  # JSON: no leading 0
         return None
     tracked = int(digits)
-    found = {
-        name: np.frombuffer(data, dt, layout.config.num_features, lo).copy()
-        for name, dt, lo, _ in layout.arrays
-    }
-    rv = found.get("running_var")
-    if tracked >= MAX_COUNT or (rv is not None and bool((rv < 0).any())):
-        return None  # the general path names the error
-    pop = Moments(found["pop_count"], found["pop_mean"], found["pop_m2"])
-    get = found.get
-    return BNState(layout.config, get("weight"), get("bias"), get("running_mean"), rv, tracked, pop)
+    config, c = layout.config, layout.config.num_features
+    first, cut = layout.arrays[0][2], layout.arrays[-3][2]  # the buffers', the population's
+    # One copy of all arrays (aligned: the buffers first, then the float64 population),
+    # each array a row of its dtype's block.
+    raw = np.frombuffer(data, np.uint8, layout.size - first, first).copy()
+    k = len(layout.arrays) - 3
+    pop = raw[cut - first :].view(_F64).reshape(3, c)
+    rows = raw[: cut - first].view(layout.arrays[0][1]).reshape(k, c)
+    if config.track_running_stats:
+        rm, rv = rows[k - 2], rows[k - 1]
+        if bool((rv < 0).any()):
+            return None  # the general path names the error
+    else:
+        rm = rv = None
+    weight, bias = (rows[0], rows[1]) if config.affine else (None, None)
+    if tracked >= MAX_COUNT:
+        return None
+    return BNState(config, weight, bias, rm, rv, tracked, Moments(pop[0], pop[1], pop[2]))

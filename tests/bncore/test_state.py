@@ -167,16 +167,28 @@ def test_a_state_in_other_dtypes_still_writes_its_own_record() -> None:
     np.testing.assert_array_equal(back.running_mean, state.running_mean)
 
 
-def test_a_known_header_reads_back_the_same_state_each_time() -> None:
-    state = _fitted(bn.BNConfig(5, momentum=None))
+@pytest.mark.parametrize(
+    "config",
+    [
+        bn.BNConfig(5, momentum=None),
+        bn.BNConfig(5, affine=False, dtype="float64"),
+        bn.BNConfig(5, track_running_stats=False),
+        bn.BNConfig(5, affine=False, track_running_stats=False),
+    ],
+)
+def test_a_known_header_reads_back_the_same_state_each_time(config: bn.BNConfig) -> None:
+    state = _fitted(config)
     data = bn.state_to_bytes(state)
     first, second = bn.state_from_bytes(data), bn.state_from_bytes(data)  # the 2nd: cached
     for back in (first, second):
         assert bn.state_to_bytes(back) == data
-        assert back.config == state.config and back.num_batches_tracked == 2
-        assert back.running_var is not None and back.running_var.flags.writeable
+        assert back.config == state.config and back.num_batches_tracked == state.num_batches_tracked
+        for name, value in state.buffers().items():
+            assert back.buffers()[name].dtype == value.dtype
+            assert back.buffers()[name].flags.writeable
     again, _ = bn.fit(second, np.ones((3, 5), np.float32))
-    assert bn.state_from_bytes(bn.state_to_bytes(again)).num_batches_tracked == 3
+    back = bn.state_from_bytes(bn.state_to_bytes(again))
+    assert back.num_batches_tracked == again.num_batches_tracked
 
 
 @pytest.mark.parametrize("count", [b"007", b"-1", b"9" * 19])
