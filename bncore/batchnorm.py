@@ -235,8 +235,17 @@ def batch_stats(state: BNState, x: Array) -> Moments:
     Depends only on the configuration (never on the running statistics), so a service can run
     it with no lock held and combine the result with whatever state is current later.
     """
+    dims = _dims(x, state)
+    policy = state.config.nan_policy
+    if policy != "omit" and dims[0] * dims[2] >= 2:  # else batch_moments counts or names it
+        found = kernels.stats(x, dims)  # x itself: no (A, C, B) view to build
+        if found is not None:
+            count, mean, m2, finite = found
+            if not finite and policy == "reject":
+                raise NonFiniteError(_nonfinite(mean, m2))
+            return Moments(count, mean, m2)
     # No _guard: batch_moments silences NumPy itself where its fallback meets NaN/Inf.
-    return batch_moments(check_input(x, state), state.config.nan_policy)
+    return batch_moments(x.reshape(dims), policy)
 
 
 def apply_batch(state: BNState, batch: Moments) -> BNState:

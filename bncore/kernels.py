@@ -152,15 +152,18 @@ def update(
     return rm, rv, out[0], out[1], out[2]  # indexing: cheaper than unpacking an array
 
 
-def stats(x3: Array) -> tuple[Array, Array, Array, bool] | None:
-    """Count, mean and M2 per channel (float64 rows of one block) of a (A, C, B) array in one
-    call, and whether M2 is finite everywhere; None where the kernels do not apply."""
-    if _cpu is None or type(x3) is not np.ndarray or x3.size == 0:
+def stats(
+    x: Array, dims: tuple[int, int, int] | None = None
+) -> tuple[Array, Array, Array, bool] | None:
+    """Count, mean and M2 per channel (float64 rows of one block) of a (A, C, B) array, or of
+    any array viewed as ``dims`` = (A, C, B), in one call, and whether M2 is finite
+    everywhere; None where the kernels do not apply."""
+    if _cpu is None or type(x) is not np.ndarray or x.size == 0:
         return None
-    a, c, b = x3.shape
+    a, c, b = x.shape if dims is None else dims
     out = _empty((3, c))
     try:
-        finite = _cpu.stats(x3, a, c, b, _threads(a, x3.size), out)
+        finite = _cpu.stats(x, a, c, b, _threads(a, x.size), out)
     except _NOT_TAKEN:  # the C side checks dtype, byte order and layout
         return None
     return out[0], out[1], out[2], finite
