@@ -313,10 +313,10 @@ def transform(state: BNState, x: Array) -> Array:
     """Inference-mode forward with the running statistics (batch statistics when the session
     does not track them, as PyTorch does). Never changes the state."""
     dims = _dims(x, state)
-    x3 = x.reshape(dims)
-    if x3.size == 0:  # nothing to normalize (and no batch statistics to need)
-        return namespace(x3).empty_like(x)  # type: ignore[no-any-return]
+    if dims[0] * dims[2] == 0:  # nothing to normalize (and no batch statistics to need)
+        return namespace(x).empty_like(x)  # type: ignore[no-any-return]
     if not state.config.track_running_stats:
+        x3 = x.reshape(dims)
         with _guard(state):
             batch = batch_moments(x3, state.config.nan_policy)
             y = _affine(x3, *_params(state, batch.mean, batch.m2 / batch.count))[0]
@@ -325,11 +325,11 @@ def transform(state: BNState, x: Array) -> Array:
     params = _eval_params(state)
     found = kernels.affine(x, *params, dims=dims)  # y shaped like x: nothing to reshape
     if found is None:
-        y3, finite = _affine(x3, *params, check=reject)
+        y3, finite = _affine(x.reshape(dims), *params, check=reject)
         found = y3.reshape(x.shape), finite
     y, finite = found
     if not finite and reject:  # NaN/Inf input, or an overflow: only the former is an error
-        _reject_nonfinite(x3)
+        _reject_nonfinite(x.reshape(dims))
     return y
 
 
