@@ -1,9 +1,12 @@
-/* bncore._cpu: the two per-element loops of BatchNorm on the CPU, in C.
+/* bncore._cpu: the two per-element loops of BatchNorm on the CPU, in C, and the per-channel
+ * arithmetic around them.
  *
  * Arrays travel through the buffer protocol (no NumPy headers at build time). The input is
  * viewed as (a, c, b): the channel axis in the middle (see bncore.moments.channels_view).
- * Each function handles the rows [row0, row1) and releases the GIL, so Python threads can
- * split a batch by rows. Float32 and float64 inputs; sums always accumulate in double.
+ * The loops release the GIL (the whole-step entries only for arrays big enough to gain from
+ * it). Float32 and float64 inputs; sums always accumulate in double. The entries that do a
+ * fit's (C,) arithmetic (stats, normalize, fit_step, update, drift, drift_summary) exist
+ * because on small batches some thirty NumPy calls on (C,) vectors cost more than the loops.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
