@@ -319,6 +319,35 @@ KERNEL_WIDE static int affine_f64(const double *restrict x, double *restrict y, 
     AFFINE_LOOP(double);
 }
 
+/* y = (x - center) * scale + offset on rows [row0, row1), on one thread, in cache-sized pieces
+ * from the last rows to the first: data just written or read front to back (a decoded body,
+ * the moments pass) has its last rows still in cache. Each y is its own element's
+ * arithmetic, so the order changes no bit (only that of the finiteness sum). */
+static int affine_backwards(const Input *in, Input *out, Py_ssize_t c, Py_ssize_t b,
+                            Py_ssize_t row0, Py_ssize_t row1, const double *center,
+                            const double *scale, const double *offset) {
+    Py_ssize_t rows = BLOCK_ELEMS / (c * b);
+    if (rows < 1) rows = 1;
+    int finite = 1;
+#ifdef HAVE_STREAM
+    const int stream = b >= 64 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    for (Py_ssize_t r1 = row1; r1 > row0; r1 -= rows) {
+        const Py_ssize_t r0 = r1 - row0 > rows ? r1 - rows : row0;
+        int ok;
+        if (in->is_double)
+            ok = affine_f64(in->view.buf, out->view.buf, c, b, r0, r1, center, scale, offset);
+#ifdef HAVE_STREAM
+        else if (stream)
+            ok = affine_planes_f32_stream(in->view.buf, out->view.buf, c, b, r0, r1, center,
+                                          scale, offset);
+#endif
+        else ok = affine_f32(in->view.buf, out->view.buf, c, b, r0, r1, center, scale, offset);
+        finite = finite && ok;
+    }
+    return finite;
+}
+
 static PyObject *affine(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *xo, *mo, *so, *to, *yo;
@@ -340,14 +369,7 @@ static PyObject *affine(PyObject *self, PyObject *args) {
     if (get_doubles(to, &tv, c, 0) < 0) goto fail_sv;
     const double *center = mv.buf, *scale = sv.buf, *offset = tv.buf;
     Py_BEGIN_ALLOW_THREADS
-    if (in.is_double)
-        finite = affine_f64(in.view.buf, out.view.buf, c, b, row0, row1, center, scale, offset);
-#ifdef HAVE_STREAM
-    else if (b >= 64 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        finite = affine_planes_f32_stream(in.view.buf, out.view.buf, c, b, row0, row1, center,
-                                          scale, offset);
-#endif
-    else finite = affine_f32(in.view.buf, out.view.buf, c, b, row0, row1, center, scale, offset);
+    finite = affine_backwards(&in, &out, c, b, row0, row1, center, scale, offset);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&tv);
     PyBuffer_Release(&sv);
@@ -483,16 +505,8 @@ static int affine_rows(const Input *in, Input *out, Py_ssize_t a, Py_ssize_t c, 
 #ifdef HAVE_STREAM
     const int stream = b >= 64 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
-    if (nt == 1) { /* no parallel region at all: entering one costs a small batch dearly */
-        if (in->is_double)
-            return affine_f64(in->view.buf, out->view.buf, c, b, 0, a, center, scale, offset);
-#ifdef HAVE_STREAM
-        if (stream)
-            return affine_planes_f32_stream(in->view.buf, out->view.buf, c, b, 0, a, center,
-                                            scale, offset);
-#endif
-        return affine_f32(in->view.buf, out->view.buf, c, b, 0, a, center, scale, offset);
-    }
+    if (nt == 1) /* no parallel region at all: entering one costs a small batch dearly */
+        return affine_backwards(in, out, c, b, 0, a, center, scale, offset);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(&& : finite)
 #endif
@@ -510,27 +524,6 @@ static int affine_rows(const Input *in, Input *out, Py_ssize_t a, Py_ssize_t c, 
         finite = finite && ok;
     }
     return finite;
-}
-
-/* The same output as affine_rows on one thread, in pieces from the last rows to the first:
- * right after the moments, the last rows are the ones still in cache (each y is its own
- * element's arithmetic, so the order changes no bit). */
-static void affine_backwards(const Input *in, Input *out, Py_ssize_t a, Py_ssize_t c,
-                             Py_ssize_t b, const double *center, const double *scale,
-                             const double *offset) {
-    Py_ssize_t rows = BLOCK_ELEMS / (c * b);
-    if (rows < 1) rows = 1;
-    for (Py_ssize_t r1 = a; r1 > 0; r1 -= rows) {
-        const Py_ssize_t r0 = r1 > rows ? r1 - rows : 0;
-        if (in->is_double)
-            affine_f64(in->view.buf, out->view.buf, c, b, r0, r1, center, scale, offset);
-#ifdef HAVE_STREAM
-        else if (b >= 64 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            affine_planes_f32_stream(in->view.buf, out->view.buf, c, b, r0, r1, center, scale,
-                                     offset);
-#endif
-        else affine_f32(in->view.buf, out->view.buf, c, b, r0, r1, center, scale, offset);
-    }
 }
 
 /* x and a writable y of the same dtype and size, both viewed as (a, c, b). */
@@ -823,8 +816,7 @@ static PyObject *fit_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
                 scale[j] = bn_scale(m2[j] / n, eps, &w, j);
                 offset[j] = bb.view.buf != NULL ? at(&bb, j) : 0.0;
             }
-            if (nt > 1) affine_rows(&in, &out, a, c, b, (int)nt, mean, scale, offset);
-            else affine_backwards(&in, &out, a, c, b, mean, scale, offset);
+            affine_rows(&in, &out, a, c, b, (int)nt, mean, scale, offset);
         }
         if (ts != NULL) PyEval_RestoreThread(ts);
         PyMem_RawFree(scratch);
