@@ -10,6 +10,10 @@ next to a NumPy copy of the same array. Floor: ratio ours/torch <= 1.0 on every 
 
 On a shared machine, ``--threads 1 --cpu`` compares the calling thread's CPU time (both sides
 then compute in that one thread), which a busy neighbour does not inflate.
+
+``--old-tree DIR --rounds N`` compares two checkouts: N rounds, each running DIR's
+bench/engine.py and then this one (same arguments, one process each, interleaved), and prints
+each tree's median and range of ours ms and of the ratio per row.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import argparse
 import os
+import re
+import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from functools import partial
@@ -70,12 +77,57 @@ def best(fn: Callable[[], Any], repeat: int) -> float:
     return min(_timed(fn, loops) for _ in range(repeat))
 
 
+ROW = re.compile(r"^(\S+)\s+(fit|transform)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)")
+
+
+def compare_trees(old: Path, rounds: int, argv: list[str]) -> None:
+    """Interleaved rounds of the old tree's bench/engine.py and this one; medians, ranges."""
+    here = Path(__file__).resolve()
+    trees = {
+        "old": (old.resolve(), old.resolve() / "bench" / "engine.py"),
+        "new": (here.parent.parent, here),
+    }
+    found: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
+    for _ in range(rounds):
+        for name, (root, script) in trees.items():
+            env = {**os.environ, "PYTHONPATH": str(root)}
+            out = subprocess.run(
+                [sys.executable, str(script), *argv],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            for line in out.splitlines():
+                m = ROW.match(line)
+                if m:
+                    cell = found.setdefault((m[1], m[2]), {"old": [], "new": []})[name]
+                    cell.append((float(m[3]), float(m[5])))
+    load = os.getloadavg()[0]
+    print(f"{rounds} interleaved rounds of bench/engine.py {' '.join(argv)}; load {load:.1f}")
+    head = f"{'old ratio [range]':>20} {'new ratio [range]':>20}"
+    print(f"{'shape':14} {'op':9} {'old ms':>8} {'new ms':>8} {head}")
+    for (shape, op), cells in found.items():
+        ms = [statistics.median(t[0] for t in cells[k]) for k in ("old", "new")]
+        ratios = ""
+        for k in ("old", "new"):
+            r = [t[1] for t in cells[k]]
+            ratios += f" {statistics.median(r):7.2f} [{min(r):.2f}-{max(r):.2f}]"
+        print(f"{shape:14} {op:9} {ms[0]:8.3f} {ms[1]:8.3f}{ratios}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--cpu", action="store_true", help="thread CPU time (with --threads 1)")
+    parser.add_argument("--old-tree", type=Path, help="a checkout to compare against")
+    parser.add_argument("--rounds", type=int, default=3, help="with --old-tree")
     args = parser.parse_args()
+    if args.old_tree is not None:
+        argv = ["--repeat", str(args.repeat), "--threads", str(args.threads)]
+        compare_trees(args.old_tree, args.rounds, argv + (["--cpu"] if args.cpu else []))
+        return
     if args.cpu:
         if args.threads != 1:
             parser.error("--cpu measures one thread: use it with --threads 1")

@@ -50,15 +50,29 @@ def update(
     pop_count: Any,
     pop_mean: Any,
     pop_m2: Any,
-    count_out: Any,
-    mean_out: Any,
-    m2_out: Any,
+    pop_out: Any,
 ) -> None: ...
-def fit_small(
+def stats(x: Any, a: int, c: int, b: int, nthreads: int, out: Any) -> bool: ...
+def normalize(
     x: Any,
     a: int,
     c: int,
     b: int,
+    nthreads: int,
+    mean: Any,
+    m2: Any,
+    count: Any,
+    eps: float,
+    weight: Any,
+    bias: Any,
+    out: Any,
+) -> bool: ...
+def fit_step(
+    x: Any,
+    a: int,
+    c: int,
+    b: int,
+    nthreads: int,
     eps: float,
     w_new: float,
     w_old: float,
@@ -71,12 +85,11 @@ def fit_small(
     pop_mean: Any,
     pop_m2: Any,
     y_out: Any,
-    count_out: Any,
-    mean_out: Any,
-    m2_out: Any,
+    out: Any,
     rm_out: Any,
     rv_out: Any,
-    pc_out: Any,
-    pm_out: Any,
-    pm2_out: Any,
 ) -> bool: ...
+def drift(mean: Any, m2: Any, count: Any, rm: Any, rv: Any, eps: float, out: Any) -> None: ...
+def drift_summary(
+    kl: Any, shift: Any, ratio: Any, top: int
+) -> tuple[float, float, float, float, list[int]]: ...

@@ -12,10 +12,12 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from bncore import cuda_kernels, kernels
 from bncore.backend import Array, namespace
 from bncore.errors import DTypeError, NonFiniteError, ShapeError, StateError, ValueRangeError
-from bncore.moments import Moments, batch_moments, channels_view, quiet
+from bncore.moments import Moments, batch_moments, quiet
 from bncore.state import MAX_COUNT, BNState
 
 __all__ = [
@@ -34,15 +36,20 @@ __all__ = [
 
 _FLOATS = ("float16", "float32", "float64")
 _FLOAT_CHARS = "efd"  # dtype.char of float16, float32, float64
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class FitResult:
     """Train-mode result: the normalized batch (None when not asked for) and the batch's
     moments (biased ``var`` = M2 / count is what normalized it)."""
 
     output: Array | None
     batch: Moments
+
+    def __init__(self, output: Array | None, batch: Moments) -> None:
+        d = self.__dict__  # as Moments: no frozen __init__
+        d["output"], d["batch"] = output, batch
 
 
 @dataclass(frozen=True)
@@ -56,18 +63,35 @@ class Gradients:
 
 def check_input(x: Array, state: BNState, what: str = "input") -> Array:
     """Validate rank, channel count and dtype like PyTorch; return the (A, C, B) view."""
+    return x.reshape(_dims(x, state, what))
+
+
+def _dims(x: Array, state: BNState, what: str = "input") -> tuple[int, int, int]:
+    """``check_input``'s checks; the (A, C, B) that ``channels_view`` would view ``x`` as
+    (the C kernels take ``x`` itself with these: no view to build, no output to reshape)."""
     cfg = state.config
-    if x.dtype.char not in _FLOAT_CHARS or x.dtype.kind != "f":
-        raise DTypeError(f"{what} dtype must be one of {', '.join(_FLOATS)}, got {x.dtype.name}")
-    if not 2 <= x.ndim <= 5:
-        raise ShapeError(f"expected 2D to 5D {what}, got {x.ndim}D input of shape {tuple(x.shape)}")
-    axis = cfg.channel_axis % x.ndim
-    if x.shape[axis] != cfg.num_features:
-        raise ShapeError(
-            f"expected {cfg.num_features} features on axis {cfg.channel_axis} of {what}, "
-            f"got {x.shape[axis]} (shape {tuple(x.shape)})"
-        )
-    return channels_view(x, cfg.channel_axis)
+    dt, shape = x.dtype, x.shape
+    # identity first: NumPy's native float32/float64 dtypes are singletons
+    if dt is not _F32 and dt is not _F64 and (dt.char not in _FLOAT_CHARS or dt.kind != "f"):
+        raise DTypeError(f"{what} dtype must be one of {', '.join(_FLOATS)}, got {dt.name}")
+    if not 2 <= len(shape) <= 5:
+        raise ShapeError(f"expected 2D to 5D {what}, got {len(shape)}D input of shape {shape}")
+    c = cfg.num_features
+    if cfg.channel_axis == 1:  # (N, C, *S): BNConfig allows 1 and -1
+        if shape[1] == c:
+            b = 1
+            for d in shape[2:]:
+                b *= d
+            return shape[0], c, b
+    elif shape[-1] == c:  # (*S, C)
+        a = 1
+        for d in shape[:-1]:
+            a *= d
+        return a, c, 1
+    raise ShapeError(
+        f"expected {c} features on axis {cfg.channel_axis} of {what}, "
+        f"got {shape[cfg.channel_axis]} (shape {shape})"
+    )
 
 
 def _affine(
@@ -166,14 +190,14 @@ def _update_running(state: BNState, batch: Moments) -> BNState:
     rm, rv = state.running_mean, state.running_var
     tracking = rm is not None and rv is not None  # None exactly when track_running_stats is off
     tracked = _tracked(state, int(tracking))
-    weights = state.config.ema_weights(tracked) if tracking else (0.0, 1.0, False)
+    weights = state.config.ema_weights(tracked) if tracking else _UNTRACKED
     found = kernels.update(batch, weights, rm, rv, state.population)
     if found is None:
         found = cuda_kernels.update(batch, weights, rm, rv, state.population)
     if found is not None:
         rm, rv, count, mean, m2 = found
-        population = Moments(count, mean, m2)
-    else:
+        return _next_state(state, rm, rv, tracked, Moments(count, mean, m2))
+    with _guard(state):
         population = state.population.merge(batch)
         if rm is not None and rv is not None:
             xp = namespace(batch.mean)
@@ -187,6 +211,10 @@ def _update_running(state: BNState, batch: Moments) -> BNState:
     return _next_state(state, rm, rv, tracked, population)
 
 
+# ema_weights's answer when the running statistics are not tracked (nothing to weigh).
+_UNTRACKED = (0.0, 1.0, False)
+
+
 def _tracked(state: BNState, step: int) -> int:
     """num_batches_tracked after this fit; it stays an int64 (every format writes one)."""
     tracked = state.num_batches_tracked + step
@@ -198,27 +226,7 @@ def _tracked(state: BNState, step: int) -> int:
 def _next_state(
     state: BNState, rm: Array | None, rv: Array | None, tracked: int, population: Moments
 ) -> BNState:
-    # Filled in directly, not through the frozen dataclass's __init__ (one object.__setattr__
-    # per field): a small fit's whole budget is some 10 us, and this is 1 of them.
-    new: BNState = object.__new__(BNState)
-    new.__dict__.update(
-        config=state.config,
-        weight=state.weight,
-        bias=state.bias,
-        running_mean=rm,
-        running_var=rv,
-        num_batches_tracked=tracked,
-        population=population,
-        derived={},
-    )
-    return new
-
-
-def _moments(count: Array, mean: Array, m2: Array) -> Moments:
-    # As _next_state: Moments's frozen __init__ costs more than the small fit can spare.
-    new: Moments = object.__new__(Moments)
-    new.__dict__.update(count=count, mean=mean, m2=m2)
-    return new
+    return BNState(state.config, state.weight, state.bias, rm, rv, tracked, population)
 
 
 def batch_stats(state: BNState, x: Array) -> Moments:
@@ -227,52 +235,36 @@ def batch_stats(state: BNState, x: Array) -> Moments:
     Depends only on the configuration (never on the running statistics), so a service can run
     it with no lock held and combine the result with whatever state is current later.
     """
-    x3 = check_input(x, state)
-    with _guard(state):
-        return batch_moments(x3, state.config.nan_policy)
+    dims = _dims(x, state)
+    policy = state.config.nan_policy
+    if policy != "omit" and dims[0] * dims[2] >= 2:  # else batch_moments counts or names it
+        found = kernels.stats(x, dims)  # x itself: no (A, C, B) view to build
+        if found is not None:
+            count, mean, m2, finite = found
+            if not finite and policy == "reject":
+                raise NonFiniteError(_nonfinite(mean, m2))
+            return Moments(count, mean, m2)
+    # No _guard: batch_moments silences NumPy itself where its fallback meets NaN/Inf.
+    return batch_moments(x.reshape(dims), policy)
 
 
 def apply_batch(state: BNState, batch: Moments) -> BNState:
     """The O(C) half of a fit: running statistics, ``num_batches_tracked`` and population
     moments after ``batch`` (from ``batch_stats``). Pure: ``state`` is not changed."""
-    with _guard(state):
-        return _update_running(state, batch)
+    return _update_running(state, batch)
 
 
 def normalize(state: BNState, x: Array, batch: Moments) -> Array:
     """Train-mode output: ``x`` normalized with ``batch``'s (biased) statistics and the
     state's weight, bias and eps. Same shape and dtype as ``x``."""
-    x3 = check_input(x, state)
+    dims = _dims(x, state)
+    y = kernels.normalize(x, dims, batch, state.config.eps, state.weight, state.bias)
+    if y is not None:
+        return y
+    x3 = x.reshape(dims)
     with _guard(state):
         y = _affine(x3, *_params(state, batch.mean, batch.m2 / batch.count))[0]
     return y.reshape(x.shape)
-
-
-def _fit_small(
-    state: BNState, x: Array, x3: Array, output: bool
-) -> tuple[BNState, FitResult] | None:
-    """``fit`` in one C call for small host batches (None where it does not apply): the same
-    formulas as batch_stats + normalize + apply_batch, without their per-call Python cost."""
-    cfg = state.config
-    if cfg.nan_policy == "omit":
-        return None
-    rm, rv = state.running_mean, state.running_var
-    tracked = _tracked(state, int(rm is not None))
-    weights = cfg.ema_weights(tracked) if rm is not None else (0.0, 1.0, False)
-    found = kernels.fit_small(
-        x3, cfg.eps, weights, state.weight, state.bias, rm, rv, state.population, output
-    )
-    if found is None:
-        return None
-    y, (count, mean, m2), (rm, rv, pc, pm, pm2), finite = found
-    if not finite and cfg.nan_policy == "reject":
-        raise NonFiniteError(_nonfinite(mean, m2))
-    new = _next_state(state, rm, rv, tracked, _moments(pc, pm, pm2))
-    result: FitResult = object.__new__(FitResult)  # as _next_state: no frozen __init__
-    result.__dict__.update(
-        output=None if y is None else y.reshape(x.shape), batch=_moments(count, mean, m2)
-    )
-    return new, result
 
 
 def _nonfinite(mean: Array, m2: Array) -> list[int]:
@@ -288,11 +280,30 @@ def fit(state: BNState, x: Array, *, output: bool = True) -> tuple[BNState, FitR
     for one value per channel and ``NonFiniteError`` for NaN/Inf under
     ``nan_policy='reject'``; the given state is never changed.
     """
-    x3 = check_input(x, state)
-    if x3.shape[0] * x3.shape[2] >= 2:  # smaller: batch_moments names the error
-        found = _fit_small(state, x, x3, output)
+    dims = _dims(x, state)
+    cfg = state.config
+    # One C call for the whole step where it applies (not under 'omit', whose counts differ
+    # per channel; not for one value per channel, where batch_moments names the error): the
+    # formulas of batch_stats + normalize + apply_batch, without their per-call Python cost.
+    if dims[0] * dims[2] >= 2 and cfg.nan_policy != "omit":
+        rm, rv = state.running_mean, state.running_var
+        if rm is not None:
+            tracked = state.num_batches_tracked + 1
+            if tracked >= MAX_COUNT:
+                _tracked(state, 1)  # raises
+            weights = cfg.ema_weights(tracked)
+        else:
+            tracked, weights = state.num_batches_tracked, _UNTRACKED
+        found = kernels.fit_step(
+            x, dims, cfg.eps, weights, state.weight, state.bias, rm, rv, state.population, output
+        )
         if found is not None:
-            return found
+            y, block, rm, rv, finite = found
+            if not finite and cfg.nan_policy == "reject":
+                raise NonFiniteError(_nonfinite(block[1], block[2]))
+            # rows by index: cheaper than unpacking the block (numpy's iterator)
+            new = _next_state(state, rm, rv, tracked, Moments(block[3], block[4], block[5]))
+            return new, FitResult(y, Moments(block[0], block[1], block[2]))
     batch = batch_stats(state, x)
     y = normalize(state, x, batch) if output else None
     return apply_batch(state, batch), FitResult(y, batch)
@@ -301,19 +312,25 @@ def fit(state: BNState, x: Array, *, output: bool = True) -> tuple[BNState, FitR
 def transform(state: BNState, x: Array) -> Array:
     """Inference-mode forward with the running statistics (batch statistics when the session
     does not track them, as PyTorch does). Never changes the state."""
-    x3 = check_input(x, state)
-    if x3.size == 0:  # nothing to normalize (and no batch statistics to need)
-        return namespace(x3).empty_like(x)  # type: ignore[no-any-return]
+    dims = _dims(x, state)
+    if dims[0] * dims[2] == 0:  # nothing to normalize (and no batch statistics to need)
+        return namespace(x).empty_like(x)  # type: ignore[no-any-return]
     if not state.config.track_running_stats:
+        x3 = x.reshape(dims)
         with _guard(state):
             batch = batch_moments(x3, state.config.nan_policy)
             y = _affine(x3, *_params(state, batch.mean, batch.m2 / batch.count))[0]
         return y.reshape(x.shape)
     reject = state.config.nan_policy == "reject"
-    y, finite = _affine(x3, *_eval_params(state), check=reject)
-    if not finite:  # NaN/Inf input, or an overflow: only the former is an error
-        _reject_nonfinite(x3)
-    return y.reshape(x.shape)
+    params = _eval_params(state)
+    found = kernels.affine(x, *params, dims=dims)  # y shaped like x: nothing to reshape
+    if found is None:
+        y3, finite = _affine(x.reshape(dims), *params, check=reject)
+        found = y3.reshape(x.shape), finite
+    y, finite = found
+    if not finite and reject:  # NaN/Inf input, or an overflow: only the former is an error
+        _reject_nonfinite(x.reshape(dims))
+    return y
 
 
 def backward(

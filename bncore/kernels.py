@@ -6,7 +6,7 @@ a non-contiguous view): the caller then does the same maths with its array names
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,7 +20,25 @@ try:
 except ImportError:  # built without a C compiler: the NumPy fallback computes the same
     _cpu = None  # type: ignore[assignment]
 
-__all__ = ["affine", "available", "fit_small", "moments", "scale_shift", "update"]
+__all__ = [
+    "affine",
+    "available",
+    "drift",
+    "drift_summary",
+    "fit_step",
+    "moments",
+    "normalize",
+    "scale_shift",
+    "stats",
+    "update",
+]
+
+# What the C side raises for a buffer it does not take (another dtype, a non-contiguous
+# view, a length that does not match): the caller's NumPy path then computes (or names the
+# error) as it would without the kernels.
+_NOT_TAKEN = (TypeError, ValueError, BufferError)
+
+_empty = np.empty  # a global lookup, not a module attribute too: these run per fit
 
 # Below this many elements one thread beats handing rows to a second thread (measured).
 _PARALLEL = 1 << 20
@@ -64,20 +82,29 @@ def moments(x3: Array) -> tuple[Array, Array, bool] | None:
     return mean, m2, _cpu.moments_mt(x3, a, c, b, threads, mean, m2)
 
 
-def affine(x3: Array, center: Array, scale: Array, offset: Array) -> tuple[Array, bool] | None:
+def affine(
+    x: Array,
+    center: Array,
+    scale: Array,
+    offset: Array,
+    dims: tuple[int, int, int] | None = None,
+) -> tuple[Array, bool] | None:
     """y = (x - center) * scale + offset per channel, each element in double and rounded once
-    to x's dtype, and whether every y is finite.
+    to x's dtype, and whether every y is finite. ``x`` is (A, C, B), or any array viewed as
+    ``dims`` = (A, C, B) (y then has x's shape).
 
     ``center``, ``scale`` and ``offset`` are contiguous float64 (C,) vectors (the C side
     checks it)."""
-    if not _applies(x3) or x3.size == 0:
+    if _cpu is None or type(x) is not np.ndarray or x.size == 0:
         return None
-    a, c, b = x3.shape
-    out = np.empty_like(x3)
-    threads = _threads(a, x3.size)
-    if threads == 1:
-        return out, _cpu.affine(x3, a, c, b, 0, a, center, scale, offset, out)
-    return out, _cpu.affine_mt(x3, a, c, b, threads, center, scale, offset, out)
+    a, c, b = x.shape if dims is None else dims
+    out = np.empty_like(x)
+    try:
+        if x.size < _PARALLEL:
+            return out, _cpu.affine(x, a, c, b, 0, a, center, scale, offset, out)
+        return out, _cpu.affine_mt(x, a, c, b, _threads(a, x.size), center, scale, offset, out)
+    except _NOT_TAKEN:  # the C side checks dtype, byte order and layout
+        return None
 
 
 def _host_vector(a: Array) -> bool:
@@ -107,35 +134,67 @@ def update(
     unbiased) batch variance, ``weights = (w_new, w_old, biased)``, None buffers when not
     tracked; and the population merged with the batch (count, mean, M2), in one call: the
     formulas of ``batchnorm._update_running`` and ``Moments.merge``."""
-    if not _host_vector(batch.mean):
+    if _cpu is None or type(batch.mean) is not np.ndarray:
         return None
-    rm = None if running_mean is None else np.empty_like(running_mean)
-    rv = None if running_var is None else np.empty_like(running_var)
-    count, mean, m2 = (np.empty_like(batch.mean) for _ in range(3))
+    c = batch.mean.shape[0]
+    rm = None if running_mean is None else _empty(c, running_mean.dtype)
+    rv = None if running_var is None else _empty(c, running_var.dtype)
+    out = _empty((3, c))
     w_new, w_old, biased = weights
-    _cpu.update(
-        batch.mean,
-        batch.m2,
-        batch.count,
-        w_new,
-        w_old,
-        biased,
-        running_mean,
-        running_var,
-        rm,
-        rv,
-        population.count,
-        population.mean,
-        population.m2,
-        count,
-        mean,
-        m2,
-    )
-    return rm, rv, count, mean, m2
+    pop = population
+    try:
+        _cpu.update(
+            batch.mean, batch.m2, batch.count, w_new, w_old, biased, running_mean, running_var,
+            rm, rv, pop.count, pop.mean, pop.m2, out,
+        )  # fmt: skip
+    except _NOT_TAKEN:
+        return None
+    return rm, rv, out[0], out[1], out[2]  # indexing: cheaper than unpacking an array
 
 
-def fit_small(
-    x3: Array,
+def stats(
+    x: Array, dims: tuple[int, int, int] | None = None
+) -> tuple[Array, Array, Array, bool] | None:
+    """Count, mean and M2 per channel (float64 rows of one block) of a (A, C, B) array, or of
+    any array viewed as ``dims`` = (A, C, B), in one call, and whether M2 is finite
+    everywhere; None where the kernels do not apply."""
+    if _cpu is None or type(x) is not np.ndarray or x.size == 0:
+        return None
+    a, c, b = x.shape if dims is None else dims
+    out = _empty((3, c))
+    try:
+        finite = _cpu.stats(x, a, c, b, _threads(a, x.size), out)
+    except _NOT_TAKEN:  # the C side checks dtype, byte order and layout
+        return None
+    return out[0], out[1], out[2], finite
+
+
+def normalize(
+    x: Array,
+    dims: tuple[int, int, int],
+    batch: Moments,
+    eps: float,
+    weight: Array | None,
+    bias: Array | None,
+) -> Array | None:
+    """``(x - mean) * weight / sqrt(M2 / count + eps) + bias`` per channel of ``x`` viewed as
+    ``dims`` = (A, C, B), in one call (the factors and the loop), x's shape and dtype; None
+    where the kernels do not apply."""
+    if _cpu is None or type(x) is not np.ndarray or x.size == 0:
+        return None
+    a, c, b = dims
+    y = _empty(x.shape, x.dtype)  # x is C-contiguous, or C refuses it
+    threads = _threads(a, x.size)
+    try:
+        _cpu.normalize(x, a, c, b, threads, batch.mean, batch.m2, batch.count, eps, weight, bias, y)
+    except _NOT_TAKEN:
+        return None
+    return y
+
+
+def fit_step(
+    x: Array,
+    dims: tuple[int, int, int],
     eps: float,
     weights: tuple[float, float, bool],
     weight: Array | None,
@@ -144,21 +203,56 @@ def fit_small(
     running_var: Array | None,
     population: Moments,
     output: bool,
-) -> tuple[Array | None, tuple[Array, Array, Array], tuple[Any, ...], bool] | None:
-    """A whole train-mode step in one C call for batches too small to thread: ``(y, (count,
-    mean, M2) of the batch, (running_mean, running_var, pop count, pop mean, pop M2) after it,
-    whether M2 is finite)``; None where the kernels do not apply."""
-    if not _applies(x3) or x3.size >= _PARALLEL or type(population.mean) is not np.ndarray:
+) -> tuple[Array | None, Array, Array | None, Array | None, bool] | None:
+    """A whole train-mode step in one C call on ``x`` viewed as ``dims`` = (A, C, B): ``(y
+    (x's shape), the (6, C) block of the batch's count, mean and M2 then the merged
+    population's, running_mean, running_var, whether M2 is finite)``; None where the kernels
+    do not apply."""
+    if _cpu is None or type(x) is not np.ndarray:
         return None
-    a, c, b = x3.shape
-    y = np.empty_like(x3) if output else None
-    # one allocation for the six (C,) vectors: rows of a (6, C) block
-    cnt, mean, m2, pc, pm, pm2 = np.empty((6, c))
-    rm = None if running_mean is None else np.empty_like(running_mean)
-    rv = None if running_var is None else np.empty_like(running_var)
+    a, c, b = dims
+    y = _empty(x.shape, x.dtype) if output else None  # x is C-contiguous, or C refuses it
+    out = _empty((6, c))
+    rm = None if running_mean is None else _empty(c, running_mean.dtype)
+    rv = None if running_var is None else _empty(c, running_var.dtype)
+    size = a * c * b
+    threads = 1 if size < _PARALLEL else _threads(a, size)
     w_new, w_old, biased = weights
-    finite = _cpu.fit_small(
-        x3, a, c, b, eps, w_new, w_old, biased, weight, bias, running_mean, running_var,
-        population.count, population.mean, population.m2, y, cnt, mean, m2, rm, rv, pc, pm, pm2,
-    )  # fmt: skip
-    return y, (cnt, mean, m2), (rm, rv, pc, pm, pm2), finite
+    pop = population
+    try:
+        finite = _cpu.fit_step(
+            x, a, c, b, threads, eps, w_new, w_old, biased, weight, bias,
+            running_mean, running_var, pop.count, pop.mean, pop.m2, y, out, rm, rv,
+        )  # fmt: skip
+    except _NOT_TAKEN:
+        return None
+    return y, out, rm, rv, finite
+
+
+def drift(
+    batch: Moments, running_mean: Array, running_var: Array, eps: float
+) -> tuple[Array, Array, Array] | None:
+    """Mean shift, log variance ratio and KL per channel (float64 rows of one block) in one
+    call; None where the kernels do not apply."""
+    if _cpu is None or type(batch.mean) is not np.ndarray:
+        return None
+    out = _empty((3, batch.mean.shape[0]))
+    try:
+        _cpu.drift(batch.mean, batch.m2, batch.count, running_mean, running_var, eps, out)
+    except _NOT_TAKEN:
+        return None
+    return out[0], out[1], out[2]
+
+
+def drift_summary(
+    kl: Array, shift: Array, ratio: Array, top: int
+) -> tuple[float, float, float, float, list[int]] | None:
+    """``(max KL, mean KL, max |shift|, max |log ratio|, the top channels by KL)`` with
+    NumPy's bits, in one pass; None where the kernels do not apply."""
+    if _cpu is None or top < 0 or not all(_host_doubles(v) for v in (kl, shift, ratio)):
+        return None
+    return _cpu.drift_summary(kl, shift, ratio, top)
+
+
+def _host_doubles(v: Array) -> bool:
+    return type(v) is np.ndarray and v.dtype.char == "d" and v.flags.c_contiguous

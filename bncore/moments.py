@@ -18,13 +18,19 @@ __all__ = ["Moments", "NanPolicy", "batch_moments", "channels_view"]
 NanPolicy = Literal["reject", "propagate", "omit"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Moments:
     """Count, mean and sum of squared deviations (M2) per channel, all float64, shape (C,)."""
 
     count: Array
     mean: Array
     m2: Array
+
+    def __init__(self, count: Array, mean: Array, m2: Array) -> None:
+        # The instance dict filled directly, not the frozen __init__'s object.__setattr__ per
+        # field: every fit builds a few of these, and a small fit's whole budget is some 10 us.
+        d = self.__dict__
+        d["count"], d["mean"], d["m2"] = count, mean, m2
 
     @classmethod
     def zeros(cls, num_features: int, xp: ModuleType) -> Moments:
@@ -174,7 +180,12 @@ def batch_moments(x3: Array, nan_policy: NanPolicy = "reject", min_count: int = 
         raise BatchSizeError(
             f"Expected more than 1 value per channel when training, got {n} value(s) per channel"
         )
-    mean, m2, finite = _dense_moments(x3)
+    found = kernels.stats(x3)
+    if found is not None:
+        count, mean, m2, finite = found
+    else:
+        mean, m2, finite = _dense_moments(x3)
+        count = xp.full(c, float(n))
     if nan_policy == "reject" and not finite:
         raise NonFiniteError(_nonfinite_channels(xp, mean, m2))
-    return Moments(xp.full(c, float(n)), mean, m2)
+    return Moments(count, mean, m2)

@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import struct
+import sys
 from dataclasses import dataclass, field, fields, replace
 from types import ModuleType
 from typing import Any, Literal
@@ -121,11 +122,20 @@ class BNConfig:
         ``running = w_new * batch + w_old * running`` with the biased batch variance or the
         unbiased one. torch: (m, 1 - m); keras/onnx: (1 - m, m), the formulas as each framework
         writes them, with the momentum as given; None: (1/tracked, 1 - 1/tracked)."""
-        m, biased = self.momentum, self.convention != "torch"
+        fixed = self._fixed_ema_weights
+        if fixed is not None:
+            return fixed
+        f = 1.0 / tracked
+        return f, 1.0 - f, self.convention != "torch"
+
+    @functools.cached_property
+    def _fixed_ema_weights(self) -> tuple[float, float, bool] | None:
+        # Computed once per config (cached_property writes the instance dict, which a frozen
+        # dataclass allows); None for the cumulative average, whose weights change per fit.
+        m = self.momentum
         if m is None:
-            f = 1.0 / tracked
-            return f, 1.0 - f, biased
-        if biased:
+            return None
+        if self.convention != "torch":
             return 1.0 - m, m, True
         return m, 1.0 - m, False
 
@@ -146,7 +156,7 @@ class BNConfig:
             raise ConfigError(str(exc)) from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class BNState:
     """A BatchNorm layer's state. Buffers are (C,) arrays in ``config.dtype``; ``weight`` and
     ``bias`` are None without ``affine``, the running buffers None without
@@ -161,6 +171,27 @@ class BNState:
     population: Moments
     # Memo of values derived from this (immutable) state, e.g. the inference scale and shift.
     derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def __init__(
+        self,
+        config: BNConfig,
+        weight: Array | None,
+        bias: Array | None,
+        running_mean: Array | None,
+        running_var: Array | None,
+        num_batches_tracked: int,
+        population: Moments,
+    ) -> None:
+        # The instance dict filled directly, not the frozen __init__'s object.__setattr__ per
+        # field (every fit builds one, and a small fit's whole budget is some 10 us).
+        d = self.__dict__
+        d["config"], d["weight"], d["bias"] = config, weight, bias
+        d["running_mean"], d["running_var"] = running_mean, running_var
+        d["num_batches_tracked"], d["population"], d["derived"] = (
+            num_batches_tracked,
+            population,
+            {},
+        )
 
     def buffers(self) -> dict[str, Array]:
         """The PyTorch ``state_dict`` tensors that exist for this configuration, by name."""
@@ -257,16 +288,87 @@ def check_count(name: str, value: Any) -> int:
 
 
 _ORDER = ("weight", "bias", "running_mean", "running_var")
+_POP = ("pop_count", "pop_mean", "pop_m2")
+_COUNT_KEY = b'"num_batches_tracked":'
+_F64 = np.dtype(np.float64)
+_HEAD_LEN = struct.Struct("<I")
+# The record's arrays are little-endian: on a little-endian host native arrays go as they are.
+_LITTLE = sys.byteorder == "little"
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a record's header says besides the count, parsed once per distinct header: the
+    header around the count, and each array's name, dtype and byte range."""
+
+    config: BNConfig
+    prefix: bytes  # the header up to and including '"num_batches_tracked":'
+    suffix: bytes  # the header after the count
+    arrays: tuple[tuple[str, np.dtype[Any], int, int], ...]  # name, dtype, start, end
+    size: int  # bytes of the whole record, header included
+
+
+def _layout(config: BNConfig, arrays: list[list[str]]) -> _Layout:
+    head = json.dumps(
+        {"config": config.to_dict(), "num_batches_tracked": 0, "arrays": arrays},
+        separators=(",", ":"),
+    ).encode()
+    at = head.index(_COUNT_KEY) + len(_COUNT_KEY)
+    c, offset, spans = config.num_features, 8 + len(head), []
+    for name, dtype in arrays:
+        dt = np.dtype(dtype)
+        spans.append((name, dt, offset, offset + c * dt.itemsize))
+        offset += c * dt.itemsize
+    return _Layout(config, head[:at], head[at + 1 :], tuple(spans), offset)
+
+
+def _own_layout(config: BNConfig) -> _Layout:
+    """The layout of this config's records when every buffer is in ``config.dtype`` (always,
+    unless a caller built a state by hand), memoized on the (immutable) config."""
+    found: _Layout | None = config.__dict__.get("_record_layout")
+    if found is None:
+        dt = np.dtype(config.dtype).newbyteorder("<").str
+        names = [n for n, on in zip(_ORDER, _enabled(config), strict=True) if on]
+        found = _layout(config, [[n, dt] for n in names] + [[n, "<f8"] for n in _POP])
+        config.__dict__["_record_layout"] = found  # frozen: the instance dict, like a cache
+    return found
+
+
+def _enabled(config: BNConfig) -> tuple[bool, bool, bool, bool]:
+    track = config.track_running_stats
+    return config.affine, config.affine, track, track
 
 
 def state_to_bytes(state: BNState) -> bytes:
     """Compact record: magic, u32 header length, JSON header, then raw little-endian arrays."""
+    pop = state.population
+    buffers = (state.weight, state.bias, state.running_mean, state.running_var)
+    arrays = [a for a in buffers if a is not None] + [pop.count, pop.mean, pop.m2]
+    present = tuple(a is not None for a in buffers)
+    # The common case: host arrays in the layout's dtypes, written as they are (the header
+    # around the count cached per config): no copies and no JSON per record.
+    if _LITTLE and present == _enabled(state.config):
+        layout = _own_layout(state.config)
+        spans = layout.arrays
+        if all(
+            type(a) is np.ndarray and a.dtype == s[1] for a, s in zip(arrays, spans, strict=True)
+        ):
+            head = b"%s%d%s" % (layout.prefix, state.num_batches_tracked, layout.suffix)
+            parts: list[Any] = [_MAGIC, struct.pack("<I", len(head)), head, *arrays]
+            try:
+                return b"".join(parts)
+            except TypeError:  # a non-contiguous view: the general path copies it
+                pass
+    return _record(state)
+
+
+def _record(state: BNState) -> bytes:
     host = state.to_host()
     arrays: list[tuple[str, np.ndarray[Any, Any]]] = list(host.buffers().items())
     pop = host.population
     arrays += [("pop_count", pop.count), ("pop_mean", pop.mean), ("pop_m2", pop.m2)]
     header = {
-        "config": _config_json(state.config),
+        "config": state.config.to_dict(),
         "num_batches_tracked": state.num_batches_tracked,
         "arrays": [[name, a.dtype.newbyteorder("<").str] for name, a in arrays],
     }
@@ -276,14 +378,18 @@ def state_to_bytes(state: BNState) -> bytes:
     return b"".join(parts)
 
 
-@functools.lru_cache(maxsize=1024)
-def _config_json(config: BNConfig) -> dict[str, Any]:
-    # Every fit writes a record; configs are few and immutable.
-    return config.to_dict()
+# Layouts of the records read so far, by the header up to the count (bounded: cleared when
+# full; configs are few).
+_READ: dict[bytes, _Layout] = {}
+_READ_MAX = 4096
 
 
 def state_from_bytes(data: bytes, xp: ModuleType = np) -> BNState:
     """Inverse of ``state_to_bytes``; raises ``StateError`` on any inconsistency."""
+    if xp is np and _LITTLE and type(data) is bytes:
+        found = _known_record(data)
+        if found is not None:
+            return found
     try:
         if data[:4] != _MAGIC:
             raise StateError("not a bncore state record (bad magic)")
@@ -292,18 +398,18 @@ def state_from_bytes(data: bytes, xp: ModuleType = np) -> BNState:
         config = BNConfig.from_dict(header["config"])
         c = config.num_features
         offset = 8 + hlen
-        found: dict[str, np.ndarray[Any, Any]] = {}
+        found_arrays: dict[str, np.ndarray[Any, Any]] = {}
         for name, dtype in header["arrays"]:
             dt = np.dtype(dtype)
             arr = np.frombuffer(data, dtype=dt, count=c, offset=offset)
-            found[name] = arr.astype(dt.newbyteorder("="))
+            found_arrays[name] = arr.astype(dt.newbyteorder("="))
             offset += c * dt.itemsize
         if offset != len(data):
             raise StateError(f"state record has {len(data) - offset} trailing byte(s)")
-        pop = Moments(*(xp.asarray(found.pop(k)) for k in ("pop_count", "pop_mean", "pop_m2")))
-        return initial_state(
+        pop = Moments(*(xp.asarray(found_arrays.pop(k)) for k in _POP))
+        state = initial_state(
             config,
-            **{k: found.get(k) for k in _ORDER},
+            **{k: found_arrays.get(k) for k in _ORDER},
             num_batches_tracked=int(header["num_batches_tracked"]),
             population=pop,
             xp=xp,
@@ -313,3 +419,70 @@ def state_from_bytes(data: bytes, xp: ModuleType = np) -> BNState:
         if isinstance(exc, StateError):
             raise
         raise StateError(f"corrupt state record: {exc}") from None
+    if xp is np and _LITTLE and type(data) is bytes:
+        _remember(data, state.config)
+    return state
+
+
+def _count_span(data: bytes) -> tuple[int, int, int] | None:
+    """(header end, count start, count end) of a record whose header has the count where
+    ``state_to_bytes`` puts it; None for anything else."""
+    if len(data) < 8 or not data.startswith(_MAGIC):
+        return None
+    end = 8 + _HEAD_LEN.unpack_from(data, 4)[0]
+    start = data.find(_COUNT_KEY, 8, end)
+    if start < 0:
+        return None
+    start += len(_COUNT_KEY)
+    stop = data.find(b",", start, end)
+    return (end, start, stop) if stop > start else None
+
+
+def _remember(data: bytes, config: BNConfig) -> None:
+    """Keep the layout of a record that the general path read (and so validated), when it is
+    the one ``state_to_bytes`` writes for its config (buffers in the config's dtype)."""
+    span = _count_span(data)
+    if span is None:
+        return
+    end, start, stop = span
+    layout = _own_layout(config)
+    if layout.prefix != data[8:start] or layout.suffix != data[stop:end]:
+        return  # another layout: always the general path
+    if len(_READ) >= _READ_MAX:
+        _READ.clear()
+    _READ[layout.prefix] = layout
+
+
+def _known_record(data: bytes) -> BNState | None:
+    """A record with a header already read once: the count parsed, the arrays copied out in
+    one piece, no JSON and no config validation; None when the header is new (the general
+    path reads it)."""
+    span = _count_span(data)
+    if span is None:
+        return None
+    end, start, stop = span
+    layout = _READ.get(data[8:start])
+    if layout is None or len(data) != layout.size or data[stop:end] != layout.suffix:
+        return None
+    digits = data[start:stop]
+    if not digits.isdigit() or (digits[0] == 0x30 and len(digits) > 1):  # JSON: no leading 0
+        return None
+    tracked = int(digits)
+    config, c = layout.config, layout.config.num_features
+    first, cut = layout.arrays[0][2], layout.arrays[-3][2]  # the buffers', the population's
+    # One copy of all arrays (aligned: the buffers first, then the float64 population),
+    # each array a row of its dtype's block.
+    raw = np.frombuffer(data, np.uint8, layout.size - first, first).copy()
+    k = len(layout.arrays) - 3
+    pop = raw[cut - first :].view(_F64).reshape(3, c)
+    rows = raw[: cut - first].view(layout.arrays[0][1]).reshape(k, c)
+    if config.track_running_stats:
+        rm, rv = rows[k - 2], rows[k - 1]
+        if bool((rv < 0).any()):
+            return None  # the general path names the error
+    else:
+        rm = rv = None
+    weight, bias = (rows[0], rows[1]) if config.affine else (None, None)
+    if tracked >= MAX_COUNT:
+        return None
+    return BNState(config, weight, bias, rm, rv, tracked, Moments(pop[0], pop[1], pop[2]))

@@ -69,6 +69,17 @@ def test_propagate_poisons_the_channel_like_pytorch() -> None:
     assert np.isnan(s.running_mean[1]) and not np.isnan(s.running_mean[0])
 
 
+@pytest.mark.parametrize("policy", ["propagate", "omit"])
+def test_transform_lets_nan_through_unless_the_policy_rejects(
+    policy: str, engine_path: str
+) -> None:
+    x = np.array([[1.0, np.nan], [3.0, 4.0]], np.float32)
+    y = bn.transform(state(2, nan_policy=policy), x)
+    assert np.isnan(y[0, 1]) and np.isfinite(y[[0, 1, 1], [0, 0, 1]]).all()
+    with pytest.raises(bn.NonFiniteError):
+        bn.transform(state(2), x)
+
+
 def test_float16_input_gives_float16_output() -> None:
     x = np.random.default_rng(0).normal(0, 1, (8, 3)).astype(np.float16)
     s, r = bn.fit(state(), x)

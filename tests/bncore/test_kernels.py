@@ -168,3 +168,102 @@ def test_threaded_kernels_agree_with_one_thread(shape: tuple[int, int, int]) -> 
     assert _cpu.affine(x, a, c, b, 0, a, center, scale, offset, y1)
     assert _cpu.affine_mt(x, a, c, b, 3, center, scale, offset, y2)
     np.testing.assert_array_equal(y1, y2)
+
+
+def test_stats_match_the_moments_kernel_and_count_every_value() -> None:
+    x = np.random.default_rng(6).normal(5, 2, (64, 7, 9)).astype(np.float32)
+    found, reference = kernels.stats(x), kernels.moments(x)
+    assert found is not None and reference is not None
+    count, mean, m2, finite = found
+    np.testing.assert_array_equal(count, np.full(7, 64.0 * 9))
+    np.testing.assert_array_equal(mean, reference[0])
+    np.testing.assert_array_equal(m2, reference[1])
+    assert finite is True
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_normalize_is_the_affine_kernel_with_the_numpy_factors(dtype: str, affine: bool) -> None:
+    rng = np.random.default_rng(7)
+    x = rng.normal(3, 2, (40, 6, 5)).astype(dtype)
+    batch = bn.Moments(np.full(6, 200.0), rng.normal(3, 1, 6), rng.uniform(100, 900, 6))
+    w = rng.uniform(0.5, 2, 6).astype(dtype) if affine else None
+    b = rng.normal(0, 1, 6).astype(dtype) if affine else None
+    y = kernels.normalize(x, x.shape, batch, 1e-3, w, b)
+    assert y is not None
+    scale = 1.0 / np.sqrt(batch.m2 / batch.count + 1e-3) * (w if w is not None else 1.0)
+    offset = b.astype(np.float64) if b is not None else np.zeros(6)
+    expected = kernels.affine(x, batch.mean, scale, offset)
+    assert expected is not None
+    np.testing.assert_array_equal(y, expected[0])
+
+
+def test_fit_step_equals_stats_normalize_and_update() -> None:
+    rng = np.random.default_rng(8)
+    x = rng.normal(2, 3, (33, 5)).astype(np.float32)
+    w, b = rng.uniform(0.5, 2, 5).astype(np.float32), rng.normal(0, 1, 5).astype(np.float32)
+    rm, rv = rng.normal(0, 1, 5).astype(np.float32), rng.uniform(1, 2, 5).astype(np.float32)
+    pop = bn.Moments(np.full(5, 10.0), rng.normal(0, 1, 5), rng.uniform(1, 9, 5))
+    x3 = x.reshape(33, 5, 1)
+    found = kernels.fit_step(x, (33, 5, 1), 1e-5, (0.1, 0.9, False), w, b, rm, rv, pop, True)
+    stats = kernels.stats(x3)
+    assert found is not None and stats is not None
+    y, block, new_rm, new_rv, finite = found
+    batch = bn.Moments(*stats[:3])
+    np.testing.assert_array_equal(block[:3], np.stack(stats[:3]))
+    expected_y = kernels.normalize(x, (33, 5, 1), batch, 1e-5, w, b)
+    assert y is not None and expected_y is not None
+    np.testing.assert_array_equal(y, expected_y)
+    updated = kernels.update(batch, (0.1, 0.9, False), rm, rv, pop)
+    assert updated is not None
+    np.testing.assert_array_equal(new_rm, updated[0])
+    np.testing.assert_array_equal(new_rv, updated[1])
+    np.testing.assert_array_equal(block[3:], np.stack(updated[2:]))
+    assert finite is True
+
+
+def test_drift_matches_the_numpy_formula() -> None:
+    rng = np.random.default_rng(9)
+    batch = bn.Moments(np.full(50, 20.0), rng.normal(0, 2, 50), rng.uniform(1, 60, 50))
+    rm, rv = rng.normal(0, 1, 50).astype(np.float32), rng.uniform(0.5, 3, 50).astype(np.float32)
+    found = kernels.drift(batch, rm, rv, 1e-5)
+    assert found is not None
+    vb, vr = batch.m2 / batch.count + 1e-5, rv.astype(np.float64) + 1e-5
+    d = batch.mean - rm.astype(np.float64)
+    np.testing.assert_array_equal(found[0], d / np.sqrt(vr))
+    # C's log is glibc's, NumPy's a SIMD one: they may differ in the last bit
+    np.testing.assert_allclose(found[1], np.log(vb / vr), rtol=4e-16, atol=0)
+    np.testing.assert_allclose(
+        found[2], 0.5 * (np.log(vr / vb) + (vb + d * d) / vr - 1.0), rtol=1e-15, atol=1e-16
+    )
+
+
+@pytest.mark.parametrize("c", [1, 5, 8, 63, 129, 1000])
+@pytest.mark.parametrize("top", [0, 1, 5, 2000])
+def test_drift_summary_has_numpy_bits(c: int, top: int) -> None:
+    rng = np.random.default_rng(c)
+    kl = rng.exponential(1.0, c).round(1)  # rounded: ties, which the stable order keeps
+    shift, ratio = rng.normal(0, 1, c), rng.normal(0, 1, c)
+    if c > 5:
+        kl[[1, 4]] = np.nan, np.inf
+    found = kernels.drift_summary(kl, shift, ratio, top)
+    assert found is not None
+    max_kl, mean_kl, max_shift, max_ratio, channels = found
+    with np.errstate(invalid="ignore"):
+        expected_max, expected_mean = float(kl.max()), float(kl.mean())
+    assert repr(max_kl) == repr(expected_max) and repr(mean_kl) == repr(expected_mean)
+    assert max_shift == float(abs(shift).max()) and max_ratio == float(abs(ratio).max())
+    assert channels == [int(i) for i in (-kl).argsort(kind="stable")[:top]]
+
+
+def test_the_c_side_refuses_what_it_does_not_take() -> None:
+    batch = bn.Moments(np.full(3, 4.0), np.zeros(3), np.ones(3))
+    f16 = np.ones((4, 3), np.float16)
+    assert (
+        kernels.fit_step(f16, (4, 3, 1), 1e-5, (0.1, 0.9, False), *[None] * 4, batch, True) is None
+    )
+    assert kernels.normalize(f16, (4, 3, 1), batch, 1e-5, None, None) is None
+    assert kernels.stats(f16.reshape(4, 3, 1)) is None
+    short = bn.Moments(np.full(2, 4.0), np.zeros(2), np.ones(2))
+    assert kernels.drift(short, np.zeros(3), np.ones(3), 1e-5) is None
+    assert kernels.drift_summary(np.ones(3), np.ones(3), np.ones(3), -1) is None

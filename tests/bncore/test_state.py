@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import struct
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -118,3 +121,103 @@ def test_derived_memo_is_not_carried_into_new_states() -> None:
     fitted, _ = bn.fit(state, x)
     assert fitted.derived == {}
     assert not np.array_equal(bn.transform(fitted, x), before)
+
+
+def _fitted(config: bn.BNConfig, fits: int = 2) -> bn.BNState:
+    rng = np.random.default_rng(1)
+    state = bn.initial_state(config)
+    c = config.num_features
+    for _ in range(fits):
+        state, _ = bn.fit(state, rng.normal(0, 1, (6, c)).astype(np.float32))
+    return state
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        bn.BNConfig(4),
+        bn.BNConfig(3, affine=False, dtype="float64"),
+        bn.BNConfig(2, track_running_stats=False, convention="keras", momentum=0.9),
+    ],
+)
+def test_the_cached_record_header_writes_the_same_bytes_as_json(config: bn.BNConfig) -> None:
+    state = _fitted(config)
+    header = {
+        "config": config.to_dict(),
+        "num_batches_tracked": state.num_batches_tracked,
+        "arrays": [[n, a.dtype.str] for n, a in state.buffers().items()]
+        + [["pop_count", "<f8"], ["pop_mean", "<f8"], ["pop_m2", "<f8"]],
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    pop = state.population
+    arrays = [*state.buffers().values(), pop.count, pop.mean, pop.m2]
+    expected = b"BNS\x01" + struct.pack("<I", len(head)) + head
+    expected += b"".join(a.tobytes() for a in arrays)
+    assert bn.state_to_bytes(state) == expected
+
+
+def test_a_state_in_other_dtypes_still_writes_its_own_record() -> None:
+    state = _fitted(bn.BNConfig(3))
+    assert state.running_mean is not None
+    odd = replace(state, running_mean=state.running_mean.astype(np.float64))
+    data = bn.state_to_bytes(odd)
+    assert b'["running_mean","<f8"]' in data
+    back = bn.state_from_bytes(data)  # read into the config's dtype, as any import is
+    assert back.running_mean is not None and back.running_mean.dtype == np.float32
+    np.testing.assert_array_equal(back.running_mean, state.running_mean)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        bn.BNConfig(5, momentum=None),
+        bn.BNConfig(5, affine=False, dtype="float64"),
+        bn.BNConfig(5, track_running_stats=False),
+        bn.BNConfig(5, affine=False, track_running_stats=False),
+    ],
+)
+def test_a_known_header_reads_back_the_same_state_each_time(config: bn.BNConfig) -> None:
+    state = _fitted(config)
+    data = bn.state_to_bytes(state)
+    first, second = bn.state_from_bytes(data), bn.state_from_bytes(data)  # the 2nd: cached
+    for back in (first, second):
+        assert bn.state_to_bytes(back) == data
+        assert back.config == state.config and back.num_batches_tracked == state.num_batches_tracked
+        for name, value in state.buffers().items():
+            assert back.buffers()[name].dtype == value.dtype
+            assert back.buffers()[name].flags.writeable
+    again, _ = bn.fit(second, np.ones((3, 5), np.float32))
+    back = bn.state_from_bytes(bn.state_to_bytes(again))
+    assert back.num_batches_tracked == again.num_batches_tracked
+
+
+@pytest.mark.parametrize("count", [b"007", b"-1", b"9" * 19])
+def test_a_known_header_with_a_bad_count_is_still_an_error(count: bytes) -> None:
+    state = _fitted(bn.BNConfig(2))
+    data = bn.state_to_bytes(state)
+    bn.state_from_bytes(data)  # the header is now known
+    head_len = struct.unpack_from("<I", data, 4)[0]
+    head = data[8 : 8 + head_len].replace(
+        b'"num_batches_tracked":2', b'"num_batches_tracked":' + count
+    )
+    bad = data[:4] + struct.pack("<I", len(head)) + head + data[8 + head_len :]
+    with pytest.raises(bn.StateError):
+        bn.state_from_bytes(bad)
+
+
+def test_a_known_header_with_a_negative_running_var_is_still_an_error() -> None:
+    state = _fitted(bn.BNConfig(2))
+    data = bytearray(bn.state_to_bytes(state))
+    bn.state_from_bytes(bytes(data))
+    assert state.running_var is not None
+    at = bytes(data).index(state.running_var.tobytes())
+    data[at : at + 4] = np.float32(-1.0).tobytes()
+    with pytest.raises(bn.StateError, match="running_var must be >= 0"):
+        bn.state_from_bytes(bytes(data))
+
+
+def test_ema_weights_follow_each_convention() -> None:
+    assert bn.BNConfig(1, momentum=0.2).ema_weights(7) == (0.2, 0.8, False)
+    assert bn.BNConfig(1, momentum=0.9, convention="onnx").ema_weights(7) == (1 - 0.9, 0.9, True)
+    assert bn.BNConfig(1, momentum=None).ema_weights(4) == (0.25, 0.75, False)
+    assert bn.BNConfig(1, momentum=None, convention="keras").ema_weights(2) == (0.5, 0.5, True)
