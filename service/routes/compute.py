@@ -177,21 +177,6 @@ class _Fit:
         out = commits.fit(self.store, session, x, if_match=if_match, idem=idem, output=self.output)
         return self.answer_for(session, x, out, metrics)
 
-    async def commit_async(
-        self,
-        decoded: tuple[Session, Array],
-        commits: Commits,
-        if_match: IfMatch,
-        idem: Idempotency | None,
-        metrics: Metrics,
-    ) -> Response:
-        """``commit`` on the event loop (a small batch, a ``loop_safe`` store)."""
-        session, x = decoded
-        out = await commits.fit_async(
-            self.store, session, x, if_match=if_match, idem=idem, output=self.output
-        )
-        return self.answer_for(session, x, out, metrics)
-
     def answer_for(self, session: Session, x: Array, out: FitOutcome, metrics: Metrics) -> Response:
         observe_fit(metrics, session, out, x.size)
         return to_response(_fit_answer(out, self.answer, self.max_header), replayed=out.replayed)
@@ -216,7 +201,11 @@ async def fit_hot(request: Request, slow: Handler) -> Response:
     if inline(request, body):
         decoded = fit.decode(state.backend, commits)
         if loop_safe(store):  # waiting for the commit yields to the loop: no thread hop
-            return await fit.commit_async(decoded, commits, if_match, idem, metrics)
+            session, x = decoded
+            out = await commits.fit_async(
+                store, session, x, if_match=if_match, idem=idem, output=output
+            )
+            return fit.answer_for(session, x, out, metrics)
         return await run_in_threadpool(fit.commit, decoded, commits, if_match, idem, metrics)
 
     def work() -> Response:

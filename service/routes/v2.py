@@ -173,21 +173,6 @@ def _fit(
     return _fit_answer(session_id, session, req, out, metrics)
 
 
-async def _fit_async(
-    session_id: str,
-    decoded: tuple[Session, InferRequest],
-    store: Store,
-    commits: Commits,
-    backend: Backend,
-    idem: Idempotency | None,
-    metrics: Metrics,
-) -> Response:
-    """``_fit`` on the event loop (a small batch, a ``loop_safe`` store)."""
-    session, req = decoded
-    out = await commits.fit_async(store, session, backend.asarray(req.x), idem=idem)
-    return _fit_answer(session_id, session, req, out, metrics)
-
-
 def _fit_answer(
     session_id: str, session: Session, req: InferRequest, out: FitOutcome, metrics: Metrics
 ) -> Response:
@@ -216,7 +201,9 @@ async def infer_hot(request: Request, slow: Handler) -> Response:
     if decoded[1].mode == "transform":
         return await run(small, lambda: _transform(sid, decoded, backend, metrics))
     if small and loop_safe(store):
-        return await _fit_async(sid, decoded, store, commits, backend, idem, metrics)
+        session, req = decoded
+        out = await commits.fit_async(store, session, backend.asarray(req.x), idem=idem)
+        return _fit_answer(sid, session, req, out, metrics)
     return await run_in_threadpool(_fit, sid, decoded, store, commits, backend, idem, metrics)
 
 
