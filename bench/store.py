@@ -265,8 +265,9 @@ def main() -> None:
         a, b = serve("redis-a", url), serve("redis-b", url)
         # x1 is replica a alone; b idles meanwhile (an idle server costs no CPU).
         setups += [Setup("redis x1", [a], (rport, rpid)), Setup("redis x2", [a, b], (rport, rpid))]
-        if args.old_tree:
-            # The older release's replicas, on the same Redis (its own Function library).
+        if args.old_tree and (args.old_tree / "service" / "stores" / "redis.py").exists():
+            # The older release's replicas, on the same Redis (its own Function library); a
+            # tree from before the Redis store only compares SQLite.
             old_a, old_b = (serve(f"redis-old-{n}", url, args.old_tree.resolve()) for n in "ab")
             setups.append(Setup("redis old x2", [old_a, old_b], (rport, rpid)))
         for setup in setups:
