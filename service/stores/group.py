@@ -154,6 +154,9 @@ class GroupCommit(Generic[C]):
         finally:
             with self._guard:
                 for w in batch:
+                    # A write's closure may hold the write it was built on (a session's
+                    # pipelined commits chain that way): drop it, or the chain never ends.
+                    w.fn = _ran
                     w.lead, w.finished = False, True
                     w.wake.set()
                     if w.done is not None:
@@ -162,6 +165,10 @@ class GroupCommit(Generic[C]):
                     self._hand_lead(self._queue[0])  # its own write is in the next batch
                 else:
                     self._leading = False
+
+
+def _ran(connection: Any) -> None:
+    raise AssertionError("a write runs once")
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -339,3 +339,20 @@ def test_fits_awaited_on_an_event_loop_share_batches_that_never_run_on_the_loop(
     np.testing.assert_array_equal(hot.state.population.count, [240, 240])
     assert commits.in_flight() == 0
     store.close()
+
+
+def test_pipelined_commits_do_not_keep_each_other_alive(tmp_path: Path) -> None:
+    """A commit built on a pending one holds it until it runs; a finished one lets go. Else a
+    session that is never idle (its flight always held) keeps every commit it ever made."""
+    store = SQLiteStore(tmp_path / "chain.db")
+    now = time.time()
+    store.create(Session("hot", bncore.initial_state(bncore.BNConfig(2)), 1, now, now))
+    commits = Commits()
+    with commits._flights.hold("hot"):  # a busy session: its prediction is never dropped
+        for _ in range(200):
+            commits.fit(store, commits.read(store, "hot"), X, output=False)
+        gc.collect()
+        alive = [o for o in gc.get_objects() if type(o).__name__ == "_Pending"]
+        assert len(alive) <= 2, f"{len(alive)} finished commits still reachable"
+    assert store.read("hot").state.num_batches_tracked == 200
+    store.close()
