@@ -57,6 +57,7 @@ class GroupCommit(Generic[C]):
         self._leading = False
         self._helper: threading.Thread | None = None
         self._helper_turn = threading.Event()  # the helper thread leads the next batch
+        self._closed = False
         self.batches = 0  # batches run (a commit and an fsync each): for tests and benchmarks
         self.writes = 0
 
@@ -126,7 +127,14 @@ class GroupCommit(Generic[C]):
         while True:
             self._helper_turn.wait()
             self._helper_turn.clear()
+            if self._closed:
+                return
             self._lead()
+
+    def close(self) -> None:
+        """Let the helper thread end (writes queued after this wait out their timeout)."""
+        self._closed = True
+        self._helper_turn.set()
 
     def _withdraw(self, write: Write[C]) -> None:
         # A batch runs in bounded time (the store's busy timeout and one fsync); if that bound

@@ -422,6 +422,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._closed = True
+        self._group.close()
         while True:
             try:
                 self._drop(self._idle.get_nowait())

@@ -356,3 +356,15 @@ def test_pipelined_commits_do_not_keep_each_other_alive(tmp_path: Path) -> None:
         assert len(alive) <= 2, f"{len(alive)} finished commits still reachable"
     assert store.read("hot").state.num_batches_tracked == 200
     store.close()
+
+
+def test_closing_the_store_ends_its_group_commit_thread(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "close.db")
+    now = time.time()
+    store.create(Session("s", bncore.initial_state(bncore.BNConfig(2)), 1, now, now))
+    asyncio.run(Commits().fit_async(store, store.read("s"), X, output=False))
+    helper = store._group._helper
+    assert helper is not None and helper.is_alive()  # the awaited commit ran there
+    store.close()
+    helper.join(10)
+    assert not helper.is_alive()
