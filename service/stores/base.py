@@ -228,14 +228,15 @@ def submit_commit(
             after=after,
         )
         return pending
-    if after is not None and not _landed(after):
+    if after is not None and not landed(after):
         return Ready(Conflict(-1))
     return Ready(
         store.commit(session_id, expected_version, state, receipt=receipt, history=history)
     )
 
 
-def _landed(pending: PendingCommit) -> bool:
+def landed(pending: PendingCommit) -> bool:
+    """Whether ``pending`` committed (waits for it); a store fault counts as not landed."""
     try:
         return isinstance(pending.result(), Committed)
     except StoreUnavailable:  # it failed: what was built on it must not land either

@@ -40,6 +40,7 @@ from service.stores.base import (
     Session,
     StoreOptions,
     check_version,
+    landed,
 )
 from service.stores.cache import SessionCache
 from service.stores.group import GroupCommit, Write
@@ -468,12 +469,13 @@ class _Pending:
 
 def _landed(pending: PendingCommit) -> bool:
     """Whether ``pending`` is applied, in a finished batch or earlier in the running one
-    (called inside the writers' transaction: never waits for it)."""
+    (called inside the writers' transaction: one of this store's is judged without waiting;
+    any other is waited for, as ``base.landed`` does)."""
     if isinstance(pending, _Pending):
         w = pending.write
         failed = w is None or (w.finished and w.error is not None)
         return isinstance(pending.tentative, Committed) and not failed
-    return isinstance(pending.result(), Committed)
+    return landed(pending)
 
 
 def _receipt(row: Row) -> Receipt:
