@@ -161,8 +161,7 @@ class Metrics:
         # kept, as are the request series below: ``labels()`` costs a lock and a dict lookup
         # per call, about half of what a request's observations cost (issue 10).
         self._ops = {op: (self.ops.labels(op), self.values.labels(op)) for op in OPS}
-        for outcome in COMMIT_OUTCOMES:
-            self.commits.labels(outcome)
+        self._commits = {outcome: self.commits.labels(outcome) for outcome in COMMIT_OUTCOMES}
         self._requests: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     # --- the observation API (PLAN.md contract 6) ---
@@ -185,7 +184,7 @@ class Metrics:
 
     def observe_commit(self, outcome: str) -> None:
         """A store commit's outcome: committed, conflict or duplicate."""
-        self.commits.labels(outcome).inc()
+        self._commits[outcome].inc()
 
     def observe_retry(self) -> None:
         self.retries.inc()

@@ -91,10 +91,16 @@ class GroupCommit(Generic[C]):
         loop = asyncio.get_running_loop()
         woken = loop.create_future()
 
-        def done() -> None:  # in the batch's thread
+        def done() -> None:  # in the batch's thread (or the loop's, when withdrawn)
             # RuntimeError: the loop closed (shutdown) while its write was queued.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, woken)
+
+        def overdue() -> None:  # on the loop: a write still queued is withdrawn (then done)
+            nonlocal timer
+            self._withdraw(write)
+            if not write.finished:  # its batch is running: that ends in bounded time
+                timer = loop.call_later(self._timeout_s, overdue)
 
         with self._guard:
             if not write.finished:
@@ -102,11 +108,14 @@ class GroupCommit(Generic[C]):
                 if write.lead:
                     write.lead = False
                     self._hand_lead(write)
-        while not write.finished:
-            try:
-                await asyncio.wait_for(asyncio.shield(woken), self._timeout_s)
-            except TimeoutError:
-                self._withdraw(write)
+        # One timer handle, not ``wait_for(shield(...))``: that costs a task and two futures
+        # per commit, on the loop every fit waits on.
+        timer = loop.call_later(self._timeout_s, overdue)
+        try:
+            if not write.finished:
+                await woken
+        finally:
+            timer.cancel()
         if write.error is not None:
             raise write.error
         return write.result
