@@ -96,6 +96,8 @@ class GroupCommit(Generic[C]):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, woken)
 
+        timer: asyncio.TimerHandle | None = None
+
         def overdue() -> None:  # on the loop: a write still queued is withdrawn (then done)
             nonlocal timer
             self._withdraw(write)
@@ -115,6 +117,7 @@ class GroupCommit(Generic[C]):
             if not write.finished:
                 await woken
         finally:
+            assert timer is not None
             timer.cancel()
         if write.error is not None:
             raise write.error
