@@ -5,8 +5,8 @@ replica, Redis behind two replicas.
 
 Starts a ``redis-server`` (AOF everysec, temporary folder) and ``bnaas serve`` processes on
 free loopback ports (one worker each; ``--old-tree`` adds a server run from that tree, with its
-``.venv`` when it has one, on a fresh SQLite file, and two replicas of that tree on the same
-Redis: "redis old x2"), then drives fits (``?output=false``, .npy
+``.venv`` when it has one, on a fresh SQLite file, and two replicas of that tree on a
+second redis-server: "redis old x1" and "redis old x2"), then drives fits (``?output=false``, .npy
 bodies) with ``wrk`` and bench/wrk/fit.lua: keep-alive connections, fits round-robin over the
 sessions, wrk thread k on replica k mod n. Two loads:
 - "8 sessions": ``--clients`` connections over 8 sessions;
@@ -268,8 +268,14 @@ def main() -> None:
         if args.old_tree and (args.old_tree / "service" / "stores" / "redis.py").exists():
             # The older release's replicas, on the same Redis (its own Function library); a
             # tree from before the Redis store only compares SQLite.
-            old_a, old_b = (serve(f"redis-old-{n}", url, args.old_tree.resolve()) for n in "ab")
-            setups.append(Setup("redis old x2", [old_a, old_b], (rport, rpid)))
+            # Its own redis-server: Function libraries are server-wide, and each release
+            # loads its own at startup (the last one started would serve both).
+            (folder / "old").mkdir()
+            old_redis = stack.enter_context(redis_server(folder / "old"))
+            old_url = f"redis://127.0.0.1:{old_redis[0]}/0"
+            old_a, old_b = (serve(f"redis-old-{n}", old_url, args.old_tree.resolve()) for n in "ab")
+            setups += [Setup("redis old x1", [old_a], old_redis),
+                       Setup("redis old x2", [old_a, old_b], old_redis)]  # fmt: skip
         for setup in setups:
             for case, (n, clients) in cases.items():
                 setup.sessions[case] = [create(setup.ports[0], args.features) for _ in range(n)]
@@ -323,6 +329,8 @@ def _report(results: Results, args: argparse.Namespace) -> None:
         if ("redis old x2", case) in results:
             new_old = _spread(ratio("redis x2", "redis old x2", case), ".2f")
             print(f"{case}: redis x2 new / old = {new_old}")
+            old_ratio = _spread(ratio("redis old x2", "redis old x1", case), ".2f")
+            print(f"{case}: redis old x2 / old x1 = {old_ratio}")
         floor = "  (floor: >= 1.3)" if case == "8 sessions" else ""
         print(
             f"{case}: redis x2 / x1 = {_spread(ratio('redis x2', 'redis x1', case), '.2f')}{floor}"
