@@ -298,15 +298,11 @@ class Commits:
         idem: Idempotency | None,
     ) -> Steps[tuple[Session, Session, T] | Receipt]:
         sid = snapshot.id
-        current, fresh, sent = snapshot, False, False
+        current, fresh = snapshot, False
         after = snapshot.pending if isinstance(snapshot, _Predicted) else None
         for attempt in range(self._retries + 1):
             with _locked(flight, sid, self._timeout_s):
-                # A session the conflict sent along is the stored one: a prediction numbered
-                # higher may be built on a commit that is about to fail, and fits that took up
-                # each other's doomed predictions failed in step (measured on Redis: 503s).
-                newer = flight.last is not None and flight.last.version > current.version
-                if newer and not sent and flight.last is not None:
+                if flight.last is not None and flight.last.version > current.version:
                     current, after = flight.last, flight.last.pending  # landed or on its way
                 moved = lease_for_commit(store, sid, current)  # Redis: replicas take turns
                 if moved is not None:
@@ -357,15 +353,9 @@ class Commits:
                 return self._replay(out.receipt, idem)
             self.events.observe_commit("conflict")
             self.events.observe_retry()
-            met = getattr(out, "session", None)  # the stored session, sent along (Redis)
-            sent = isinstance(met, Session)
-            if not isinstance(met, Session):
-                # Another process committed: spread the retries of racing replicas apart.
-                # (Not after a conflict that brought the session: sleeping would make it
-                # stale, and the next attempt would conflict again, measured: 503s.)
-                yield random.uniform(0, min(0.02, 0.0005 * 2**attempt))
-                met = store.read(sid)
-            current, after, fresh = met, None, True
+            # Another process committed: spread the retries of racing replicas apart.
+            yield random.uniform(0, min(0.02, 0.0005 * 2**attempt))
+            current, after, fresh = _stored_after(store, sid, out), None, True
         raise StoreUnavailable(
             f"session {sid!r} changed under {self._retries + 1} commits in a row; retry",
         )
@@ -501,6 +491,13 @@ class Commits:
         assert isinstance(out, Committed)
         self.events.observe_commit("committed")
         return out.session, False
+
+
+def _stored_after(store: Store, session_id: str, conflict: CommitResult) -> Session:
+    """The stored session after a conflict: the one the store sent with it (Redis: ``Moved``),
+    else read back."""
+    met = getattr(conflict, "session", None)
+    return met if isinstance(met, Session) else store.read(session_id)
 
 
 def _fit_record(before: Session, after: bncore.BNState, batch: bncore.Moments) -> FitRecord:

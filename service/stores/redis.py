@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 import bncore
 from service.errors import SessionNotFound, StoreUnavailable
@@ -42,16 +44,12 @@ from service.stores.base import (
     HistoryEntry,
     HistoryItem,
     IfMatch,
-    PendingCommit,
-    Ready,
     Receipt,
     Session,
     StoreOptions,
     check_version,
-    landed,
 )
 from service.stores.cache import SessionCache
-from service.stores.redis_async import LoopClients, LoopCommit, on_loop, pool_kwargs, retry
 from service.stores.redis_lease import LEASE_MS, Turns
 
 T = TypeVar("T")
@@ -112,26 +110,8 @@ class Moved(Conflict):
     session: Session | None = None
 
 
-@dataclass(frozen=True)
-class _CommitCall:
-    """A commit's Function call, built under the session's lock; sent from a thread or the
-    event loop."""
-
-    session_id: str
-    keys: list[str]
-    args: list[Any]
-    state: bncore.BNState
-    receipt: Receipt | None
-    fresh: bool  # combined on the version the store had just sent (a conflict is a race)
-
-
 class RedisStore:
     """The store interface on Redis (``redis://`` or ``rediss://``, password in the URL)."""
-
-    # A small fit runs on the event loop: it starts from the decoded copy (``read_cached``)
-    # and its commit is awaited there (``submit_commit``, redis.asyncio). Sessions on leases
-    # take them only from pool threads: waiting for a turn would block the loop.
-    loop_safe = True
 
     def __init__(
         self,
@@ -151,18 +131,29 @@ class RedisStore:
         self._xp = xp
         self._policy = options.history
         pool = redis.BlockingConnectionPool.from_url(
-            url, **pool_kwargs(timeout_s, options.pool_size, timeout_s), retry=retry(timeout_s)
+            url,
+            max_connections=options.pool_size,
+            timeout=timeout_s,  # waiting for a free connection is bounded too
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            socket_keepalive=True,
+            # One retry: a pooled connection that Redis closed (restart, idle timeout) fails
+            # once, then reconnects. Commits are safe to resend (the Function's commit token).
+            retry=Retry(ExponentialBackoff(cap=timeout_s / 4, base=0.05), 1),
         )
         self._redis = redis.Redis(connection_pool=pool)
         # Waiting for a lease blocks a connection (BLPOP, at most one lease long): its own
         # pool, so that waiters never starve the commits that would wake them.
         waits = redis.BlockingConnectionPool.from_url(
             url,
-            **pool_kwargs(timeout_s, options.pool_size, timeout_s + lease_ms / 1000),
-            retry=retry(timeout_s),
+            max_connections=options.pool_size,
+            timeout=timeout_s,
+            socket_timeout=timeout_s + lease_ms / 1000,
+            socket_connect_timeout=timeout_s,
+            socket_keepalive=True,
+            retry=Retry(ExponentialBackoff(cap=timeout_s / 4, base=0.05), 1),
         )
         self._waits = redis.Redis(connection_pool=waits)
-        self._loops = LoopClients(url, timeout_s, options.pool_size)
         self._where = f"redis store at {url.split('@')[-1]}"  # never the password
         self._cache = SessionCache()
         try:
@@ -208,18 +199,6 @@ class RedisStore:
                     raise
                 self._load()
                 return call(function, len(keys), *keys, *args)
-
-    async def _fcall_async(self, function: str, keys: list[str], args: list[Any]) -> Any:
-        """``_fcall`` from the event loop."""
-        client = self._loops.get()
-        with self._faults():
-            try:
-                return await client.fcall(function, len(keys), *keys, *args)
-            except redis.ResponseError as exc:
-                if "function not found" not in str(exc).lower():
-                    raise
-                await client.function_load(LIBRARY, replace=True)
-                return await client.fcall(function, len(keys), *keys, *args)
 
     def _call(self, fn: Callable[[redis.Redis], T]) -> T:
         with self._faults():
@@ -283,16 +262,10 @@ class RedisStore:
             return known if known is not None and known.version > current.version else None
         token = secrets.token_hex(8)
         keys = [session_keys(session_id)[0], *lease_keys(session_id, token)]
-        # On the event loop a turn is taken only when free: waiting would block the loop. A
-        # commit that meets another's turn is then refused, backs off and tries again.
-        loop = on_loop()
-        args = [token, self._lease_ms, str(current.version), "1" if loop else "0"]
+        args = [token, self._lease_ms, str(current.version)]
         deadline, waited = time.monotonic() + self._timeout_s, False
         while True:
             reply = self._fcall("bnaas_lease_v2", keys, args)
-            if reply[0] == b"busy":
-                known = self._cache.get(session_id)
-                return known if known is not None and known.version > current.version else None
             if reply[0] != b"wait":
                 break
             waited = True
@@ -323,52 +296,6 @@ class RedisStore:
         receipt: Receipt | None = None,
         history: HistoryEntry | None = None,
     ) -> CommitResult:
-        call = self._commit_call(session_id, expected_version, state, receipt, history)
-        return self._commit_outcome(call, self._fcall("bnaas_commit_v2", call.keys, call.args))
-
-    def submit_commit(
-        self,
-        session_id: str,
-        expected_version: int,
-        state: bncore.BNState,
-        *,
-        receipt: Receipt | None = None,
-        history: HistoryEntry | None = None,
-        after: PendingCommit | None = None,
-    ) -> PendingCommit:
-        """``commit``, awaited on the event loop when called there (else made now). ``after``:
-        the commit this one was combined on, which must land first (else ``Conflict``)."""
-        if not on_loop():
-            if after is not None and not landed(after):
-                return Ready(Conflict(-1))
-            return Ready(self.commit(session_id, expected_version, state, receipt=receipt,
-                                     history=history))  # fmt: skip
-        call = self._commit_call(session_id, expected_version, state, receipt, history)
-
-        async def send() -> CommitResult:
-            if after is not None:
-                try:
-                    first = await after.wait()
-                except StoreUnavailable:
-                    return Conflict(-1)
-                if not isinstance(first, Committed):
-                    # Combined on a commit that did not land. A plain conflict: the commit
-                    # loop backs off and reads (answering with what ``first`` met made fits
-                    # combined on each other's doomed predictions retry in step: 503s).
-                    return Conflict(-1)
-            reply = await self._fcall_async("bnaas_commit_v2", call.keys, call.args)
-            return self._commit_outcome(call, reply)
-
-        return LoopCommit(send())
-
-    def _commit_call(
-        self,
-        session_id: str,
-        expected_version: int,
-        state: bncore.BNState,
-        receipt: Receipt | None,
-        history: HistoryEntry | None,
-    ) -> _CommitCall:
         keys = session_keys(session_id)
         lease, queue, _ = lease_keys(session_id)
         token, _ = self._turns.take(session_id)
@@ -379,8 +306,8 @@ class RedisStore:
         now = time.time()
         policy = self._policy
         recent = policy.recent_for(history.num_features) if history else 0
-        return _CommitCall(
-            session_id,
+        reply = self._fcall(
+            "bnaas_commit_v2",
             [keys[0], rkey, keys[1], keys[2], lease, queue],
             [
                 expected_version,
@@ -393,11 +320,7 @@ class RedisStore:
                 history.brief if history else b"",
                 recent, policy.every, policy.older, token, self._lease_ms,
             ],
-            state, receipt, fresh,
         )  # fmt: skip
-
-    def _commit_outcome(self, call: _CommitCall, reply: list[Any]) -> CommitResult:
-        session_id, receipt, fresh = call.session_id, call.receipt, call.fresh
         outcome = reply[0]
         if outcome == b"missing":
             self._cache.drop(session_id)
@@ -417,7 +340,7 @@ class RedisStore:
         self._turns.observe(session_id, False)
         version, updated, owner, name, created = reply[1:]
         session = Session(
-            session_id, call.state, int(version), float(created), float(updated), _text(name),
+            session_id, state, int(version), float(created), float(updated), _text(name),
             _text(owner),
         )  # fmt: skip
         self._cache.put(session)
@@ -581,7 +504,6 @@ class RedisStore:
             self._redis.ping()
 
     def close(self) -> None:
-        self._loops.close()
         for r in (self._redis, self._waits):
             r.close()
             r.connection_pool.disconnect()

@@ -99,9 +99,8 @@ local function read(keys, args)
 end
 
 -- KEYS: state, lease, queue, wake (this token's)
--- ARGV: 1 token, 2 lease ms, 3 version the caller has decoded ('' = none), 4 '1': do not queue
--- (a caller on an event loop, which cannot wait for its turn)
--- -> {'missing'} | {'wait', ms until the lease expires} | {'busy'} (held, and not queued)
+-- ARGV: 1 token, 2 lease ms, 3 version the caller has decoded ('' = none)
+-- -> {'missing'} | {'wait', ms until the lease expires}
 --    | {'held', v, own, name, ca, ua, st | nil (the caller's version is current)}
 -- Takes the lease when it is free (or was handed to this token); else queues the token.
 local function lease(keys, args)
@@ -113,9 +112,6 @@ local function lease(keys, args)
   end
   local holder = redis.call('GET', lease_key)
   if holder and holder ~= token then
-    if args[4] == '1' then
-      return {'busy'}
-    end
     redis.call('LREM', queue_key, 0, token)  -- a waiter that timed out asks again: once queued
     redis.call('RPUSH', queue_key, token)
     redis.call('PEXPIRE', queue_key, 10 * px)  -- waiters that all died leave nothing behind
