@@ -353,9 +353,15 @@ class Commits:
                 return self._replay(out.receipt, idem)
             self.events.observe_commit("conflict")
             self.events.observe_retry()
-            # Another process committed: spread the retries of racing replicas apart.
-            yield random.uniform(0, min(0.02, 0.0005 * 2**attempt))
-            current, after, fresh = _stored_after(store, sid, out), None, True
+            met = getattr(out, "session", None)  # the stored session, sent along (Redis)
+            if not isinstance(met, Session):
+                # Another process committed: spread the retries of racing replicas apart.
+                # (Not after a conflict that brought the session: sleeping would make it
+                # stale, and the next attempt conflict again; racing writers take turns
+                # through the store instead: Redis leases.)
+                yield random.uniform(0, min(0.02, 0.0005 * 2**attempt))
+                met = store.read(sid)
+            current, after, fresh = met, None, True
         raise StoreUnavailable(
             f"session {sid!r} changed under {self._retries + 1} commits in a row; retry",
         )
@@ -491,13 +497,6 @@ class Commits:
         assert isinstance(out, Committed)
         self.events.observe_commit("committed")
         return out.session, False
-
-
-def _stored_after(store: Store, session_id: str, conflict: CommitResult) -> Session:
-    """The stored session after a conflict: the one the store sent with it (Redis: ``Moved``),
-    else read back."""
-    met = getattr(conflict, "session", None)
-    return met if isinstance(met, Session) else store.read(session_id)
 
 
 def _fit_record(before: Session, after: bncore.BNState, batch: bncore.Moments) -> FitRecord:
