@@ -236,9 +236,7 @@ class RedisStore:
             row = self._fcall("bnaas_read_v2", keys, [*_owner_args(owner), ""], ro=True)
         if row is None:
             raise SessionNotFound(session_id)
-        session = self._session(session_id, row, cached)
-        self._turns.learned(session_id, session.version)
-        return session
+        return self._session(session_id, row, cached)
 
     def read_cached(self, session_id: str, owner: str | None = None) -> Session | None:
         """The newest session this process decoded, with no round trip (None when it has
@@ -278,7 +276,6 @@ class RedisStore:
         if reply[0] == b"missing":
             return None  # the commit answers it
         self._turns.hold(session_id, token, waited)
-        self._turns.learned(session_id, int(reply[1]))
         if int(reply[1]) == current.version:
             return None
         return self._session(session_id, reply[1:], None)
@@ -298,8 +295,7 @@ class RedisStore:
     ) -> CommitResult:
         keys = session_keys(session_id)
         lease, queue, _ = lease_keys(session_id)
-        token, _ = self._turns.take(session_id)
-        fresh = self._turns.fresh(session_id, expected_version)
+        token, waited = self._turns.take(session_id)
         if receipt is not None and receipt.scope != session_id:
             raise ValueError(f"a commit's receipt belongs to its session, not {receipt.scope!r}")
         rkey = receipt_key(session_id, receipt.key, True) if receipt else keys[0]
@@ -328,16 +324,12 @@ class RedisStore:
         if outcome == b"duplicate":
             assert receipt is not None  # only a commit with a receipt finds one held
             return Duplicate(self._receipt(receipt.scope, receipt.key, reply[1:]))
+        # Replicas that often race on a session take turns (see redis_lease).
+        self._turns.observe(session_id, waited or outcome == b"conflict")
         if outcome == b"conflict":
-            moved = None
             if len(reply) > 2 and reply[6] is not None:  # the stored session came along
-                moved = self._session(session_id, reply[1:])
-                self._turns.learned(session_id, moved.version)
-            # Replicas that race on a session take turns (see redis_lease): a conflict on a
-            # version the store had just sent, or one that ignored another process's lease.
-            self._turns.observe(session_id, moved is None or fresh)
-            return Conflict(int(reply[1])) if moved is None else Moved(moved.version, moved)
-        self._turns.observe(session_id, False)
+                return Moved(int(reply[1]), self._session(session_id, reply[1:]))
+            return Conflict(int(reply[1]))
         version, updated, owner, name, created = reply[1:]
         session = Session(
             session_id, state, int(version), float(created), float(updated), _text(name),

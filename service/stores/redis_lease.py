@@ -11,15 +11,6 @@ commits met none, so sessions nobody races on pay nothing. A commit that ignores
 another process holds is refused as a conflict (``redis_functions.lua``), which puts its
 writer on leases too. (Measured with bench/store.py: entering only above 30% of racing
 commits made processes drift in and out of leases on a hot session, and p99 went 4-8x up.)
-
-A race is a commit that lost although it was combined on what the store had just sent (a
-read, a lease, a conflict's session): the other writer committed in between. A commit on this
-process's own older copy that finds another writer's commit is not one: its conflict brings
-the stored session along, which costs what taking a lease costs (one call), so sessions that
-replicas merely share (each one's copy is often stale) stay off leases. Waiting for a lease
-is not one either (a session where writers only take turns leaves leases, and comes back at
-its next race): counted as one, it kept sessions that replicas share on leases for good,
-one more call per fit (measured: 2 calls per fit on 8 sessions, against 1.1 without).
 """
 
 from __future__ import annotations
@@ -43,7 +34,6 @@ class Turns:
         self._raced: dict[str, float] = {}  # session -> share of recent commits that raced
         self._hot: set[str] = set()
         self._held: dict[str, tuple[str, bool]] = {}
-        self._learned: dict[str, int] = {}  # session -> version the store just sent
 
     def observe(self, session_id: str, raced: bool) -> None:
         """One commit of ``session_id``: did it meet a race (conflict, or had to wait)?"""
@@ -51,7 +41,6 @@ class Turns:
             if len(self._raced) >= _PRUNE_AT:
                 self._raced = {s: r for s, r in self._raced.items() if r >= LEAVE}
                 self._hot &= self._raced.keys()
-                self._learned.clear()
             share = self._raced.get(session_id, 0.0)
             share += _WEIGHT * ((1.0 if raced else 0.0) - share)
             self._raced[session_id] = share
@@ -59,18 +48,6 @@ class Turns:
                 self._hot.add(session_id)
             elif share < LEAVE:
                 self._hot.discard(session_id)
-
-    def learned(self, session_id: str, version: int) -> None:
-        """The store just sent ``version`` of ``session_id`` (a commit combined on it that
-        still conflicts met a race)."""
-        with self._lock:
-            self._learned[session_id] = version
-
-    def fresh(self, session_id: str, version: int) -> bool:
-        """Whether ``version`` is what the store last sent of ``session_id`` (and forget it:
-        the commit that asks is the one combined on it)."""
-        with self._lock:
-            return self._learned.pop(session_id, None) == version
 
     def is_hot(self, session_id: str) -> bool:
         with self._lock:
