@@ -172,7 +172,8 @@ def wrk(
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
     env = {**os.environ, "BENCH_BODY": str(body), "BENCH_SESSIONS": ",".join(sessions),
            "BENCH_PORTS": ",".join(map(str, ports)),
-           "BENCH_IDEMPOTENCY": "1" if args.idempotency else "0"}  # fmt: skip
+           "BENCH_IDEMPOTENCY": "1" if args.idempotency else "0",
+           "BENCH_ORDER": args.order}  # fmt: skip
     threads = min(args.threads, clients)
     cmd = ["nice", "-n", str(args.nice), binary, "-t", str(threads), "-c", str(clients),
            "-d", f"{seconds:g}s", "--timeout", "30s", "-s", str(LUA),
@@ -239,6 +240,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--nice", type=int, default=10, help="niceness of wrk")
     parser.add_argument("--idempotency", action="store_true", help="unique Idempotency-Keys")
+    parser.add_argument(
+        "--order",
+        choices=("rr", "random"),
+        default="rr",
+        help="sessions per wrk thread: in turn (threads in step: replicas meet on every "
+        "session), or a random one per fit",
+    )
     parser.add_argument("--old-tree", type=Path, help="also serve SQLite and Redis from this tree")
     parser.add_argument("--no-sqlite", action="store_true", help="Redis setups only")
     args = parser.parse_args()
@@ -300,9 +308,9 @@ def _report(results: Results, args: argparse.Namespace) -> None:
     print(
         "load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
     )
-    print(f"fits of ({args.rows}, {args.features}) float32 .npy, ?output=false, wrk "
-          f"-t{args.threads} nice {args.nice}, {args.seconds:g} s x {args.rounds} interleaved "
-          f"rounds, {os.cpu_count()} CPUs; median [min-max]")  # fmt: skip
+    print(f"fits of ({args.rows}, {args.features}) float32 .npy, ?output=false, order "
+          f"{args.order}, wrk -t{args.threads} nice {args.nice}, {args.seconds:g} s x "
+          f"{args.rounds} interleaved rounds, {os.cpu_count()} CPUs; median [min-max]")  # fmt: skip
     print(f"{'store':<12} {'case':<26} {'fits/s':>16} {'p99 ms':>18} {'retries/commit':>20} "
           f"{'server CPU ms/fit':>18} {'cores':>5} {'wrk ms/fit':>11} {'errors':>7}")  # fmt: skip
     for (name, case), rows in results.items():
