@@ -5,8 +5,8 @@ replica, Redis behind two replicas.
 
 Starts a ``redis-server`` (AOF everysec, temporary folder) and ``bnaas serve`` processes on
 free loopback ports (one worker each; ``--old-tree`` adds a server run from that tree, with its
-``.venv`` when it has one, on a fresh SQLite file, and two replicas of that tree on the same
-Redis: "redis old x2"), then drives fits (``?output=false``, .npy
+``.venv`` when it has one, on a fresh SQLite file, and two replicas of that tree on a
+second redis-server: "redis old x1" and "redis old x2"), then drives fits (``?output=false``, .npy
 bodies) with ``wrk`` and bench/wrk/fit.lua: keep-alive connections, fits round-robin over the
 sessions, wrk thread k on replica k mod n. Two loads:
 - "8 sessions": ``--clients`` connections over 8 sessions;
@@ -172,7 +172,8 @@ def wrk(
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
     env = {**os.environ, "BENCH_BODY": str(body), "BENCH_SESSIONS": ",".join(sessions),
            "BENCH_PORTS": ",".join(map(str, ports)),
-           "BENCH_IDEMPOTENCY": "1" if args.idempotency else "0"}  # fmt: skip
+           "BENCH_IDEMPOTENCY": "1" if args.idempotency else "0",
+           "BENCH_ORDER": args.order}  # fmt: skip
     threads = min(args.threads, clients)
     cmd = ["nice", "-n", str(args.nice), binary, "-t", str(threads), "-c", str(clients),
            "-d", f"{seconds:g}s", "--timeout", "30s", "-s", str(LUA),
@@ -239,6 +240,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--nice", type=int, default=10, help="niceness of wrk")
     parser.add_argument("--idempotency", action="store_true", help="unique Idempotency-Keys")
+    parser.add_argument(
+        "--order",
+        choices=("rr", "random"),
+        default="rr",
+        help="sessions per wrk thread: in turn (threads in step: replicas meet on every "
+        "session), or a random one per fit",
+    )
     parser.add_argument("--old-tree", type=Path, help="also serve SQLite and Redis from this tree")
     parser.add_argument("--no-sqlite", action="store_true", help="Redis setups only")
     args = parser.parse_args()
@@ -268,8 +276,14 @@ def main() -> None:
         if args.old_tree and (args.old_tree / "service" / "stores" / "redis.py").exists():
             # The older release's replicas, on the same Redis (its own Function library); a
             # tree from before the Redis store only compares SQLite.
-            old_a, old_b = (serve(f"redis-old-{n}", url, args.old_tree.resolve()) for n in "ab")
-            setups.append(Setup("redis old x2", [old_a, old_b], (rport, rpid)))
+            # Its own redis-server: Function libraries are server-wide, and each release
+            # loads its own at startup (the last one started would serve both).
+            (folder / "old").mkdir()
+            old_redis = stack.enter_context(redis_server(folder / "old"))
+            old_url = f"redis://127.0.0.1:{old_redis[0]}/0"
+            old_a, old_b = (serve(f"redis-old-{n}", old_url, args.old_tree.resolve()) for n in "ab")
+            setups += [Setup("redis old x1", [old_a], old_redis),
+                       Setup("redis old x2", [old_a, old_b], old_redis)]  # fmt: skip
         for setup in setups:
             for case, (n, clients) in cases.items():
                 setup.sessions[case] = [create(setup.ports[0], args.features) for _ in range(n)]
@@ -294,9 +308,9 @@ def _report(results: Results, args: argparse.Namespace) -> None:
     print(
         "load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
     )
-    print(f"fits of ({args.rows}, {args.features}) float32 .npy, ?output=false, wrk "
-          f"-t{args.threads} nice {args.nice}, {args.seconds:g} s x {args.rounds} interleaved "
-          f"rounds, {os.cpu_count()} CPUs; median [min-max]")  # fmt: skip
+    print(f"fits of ({args.rows}, {args.features}) float32 .npy, ?output=false, order "
+          f"{args.order}, wrk -t{args.threads} nice {args.nice}, {args.seconds:g} s x "
+          f"{args.rounds} interleaved rounds, {os.cpu_count()} CPUs; median [min-max]")  # fmt: skip
     print(f"{'store':<12} {'case':<26} {'fits/s':>16} {'p99 ms':>18} {'retries/commit':>20} "
           f"{'server CPU ms/fit':>18} {'cores':>5} {'wrk ms/fit':>11} {'errors':>7}")  # fmt: skip
     for (name, case), rows in results.items():
@@ -323,6 +337,8 @@ def _report(results: Results, args: argparse.Namespace) -> None:
         if ("redis old x2", case) in results:
             new_old = _spread(ratio("redis x2", "redis old x2", case), ".2f")
             print(f"{case}: redis x2 new / old = {new_old}")
+            old_ratio = _spread(ratio("redis old x2", "redis old x1", case), ".2f")
+            print(f"{case}: redis old x2 / old x1 = {old_ratio}")
         floor = "  (floor: >= 1.3)" if case == "8 sessions" else ""
         print(
             f"{case}: redis x2 / x1 = {_spread(ratio('redis x2', 'redis x1', case), '.2f')}{floor}"

@@ -6,6 +6,8 @@
 --   BENCH_PORTS     comma-separated loopback ports; wrk thread k targets port k mod n, which
 --                   is how one wrk spreads its connections over replicas
 --   BENCH_IDEMPOTENCY  "1": a unique Idempotency-Key on every fit
+--   BENCH_ORDER     "rr": each thread walks the sessions in order (threads one session apart,
+--                   so replicas meet on every session); "random": each fit picks a session
 -- done() prints one JSON line that bench/store.py parses.
 
 local function split(s)
@@ -32,10 +34,15 @@ function init(args)
   f:close()
   idempotent = os.getenv("BENCH_IDEMPOTENCY") == "1"
   i = tid -- threads start at different sessions
+  random_order = os.getenv("BENCH_ORDER") == "random"
+  math.randomseed(tid * 7919 + os.time())
 end
 
 function request()
   local sid = sessions[(i % #sessions) + 1]
+  if random_order then
+    sid = sessions[math.random(#sessions)]
+  end
   i = i + 1
   local headers = { ["Content-Type"] = "application/x-npy" }
   if idempotent then

@@ -71,6 +71,11 @@ class OwnedStore:
             after=after,
         )
 
+    def read_cached(self, session_id: str, owner: str | None = None) -> Session | None:
+        cached = getattr(self.inner, "read_cached", None)
+        found: Session | None = None if cached is None else cached(session_id, self.owner)
+        return found
+
     def lease_for_commit(self, session_id: str, current: Session) -> Session | None:
         return lease_for_commit(self.inner, session_id, current)
 

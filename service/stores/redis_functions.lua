@@ -133,8 +133,11 @@ end
 --       5 has receipt ('1'/'0'), 6..10 receipt fp, sid, ver, payload, created_at,
 --       11 receipt TTL (ms), 12 has history ('1'/'0'), 13 full entry, 14 brief entry,
 --       15 recent, 16 every, 17 older, 18 lease token held ('' = none), 19 lease ms
--- -> {'duplicate', fp, sid, ver, payload, ca} | {'missing'} | {'conflict', version}
+-- -> {'duplicate', fp, sid, ver, payload, ca} | {'missing'}
+--    | {'conflict', version, own, name, ca, ua, st} (another writer moved the version)
+--    | {'conflict', version} (at the expected version, but another caller holds the lease)
 --    | {'committed', version, ua, own, name, ca}
+-- (Replicas of the release before the stored conflict session read only its version.)
 -- Whatever the outcome, the caller's lease is released (handed to the next waiter) in this
 -- same call: a turn costs no extra round trip. While another caller holds the lease, this
 -- commit is a conflict even at the expected version: the holder combined on that version
@@ -164,7 +167,13 @@ local function commit(keys, args)
     return {'committed', version, redis.call('HGET', state_key, 'ua'), current[3], current[4],
       current[5]}
   end
-  if version ~= expected or intruder then
+  if version ~= expected then
+    -- What a re-read would answer, in this same call: the caller combines again on it
+    -- without another round trip.
+    local m = redis.call('HMGET', state_key, 'own', 'name', 'ca', 'ua', 'st')
+    return {'conflict', version, m[1], m[2], m[3], m[4], m[5]}
+  end
+  if intruder then
     return {'conflict', version}
   end
   version = expected + 1

@@ -22,7 +22,6 @@ from service.stores import open_store
 from service.stores import redis as redis_store
 from service.stores.base import (
     Committed,
-    Conflict,
     Duplicate,
     HistoryEntry,
     HistoryPolicy,
@@ -31,7 +30,7 @@ from service.stores.base import (
     StoreOptions,
     create_scope,
 )
-from service.stores.redis import RedisStore, receipt_key, session_keys
+from service.stores.redis import Moved, RedisStore, receipt_key, session_keys
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -113,8 +112,32 @@ def test_a_resent_commit_is_applied_once(
     assert isinstance(first, Committed) and isinstance(again, Committed)
     assert again.session.version == 2
     monkeypatch.setattr(redis_store.secrets, "token_hex", lambda n: "another-call")
-    assert store.commit("s1", 1, state) == Conflict(2)
+    moved = store.commit("s1", 1, state)
+    assert isinstance(moved, Moved) and moved.version == 2
     assert store.read("s1").state.num_batches_tracked == 1
+
+
+def test_a_conflict_brings_the_stored_session(
+    store: RedisStore, redis_url: str, redis_server: RedisServer
+) -> None:
+    # Another replica moved the session: the conflict carries what a re-read would answer,
+    # so the commit loop combines again without reading it back.
+    store.create(new_session())
+    other = RedisStore(redis_url)
+    first = store.read("s1")
+    committed = other.commit("s1", 1, fitted(other.read("s1")))
+    assert isinstance(committed, Committed)
+    calls = _fcalls(redis_server)
+    moved = store.commit("s1", 1, fitted(first))
+    assert _fcalls(redis_server) == calls + 1
+    assert isinstance(moved, Moved) and moved.session is not None
+    stored = other.read("s1")
+    assert moved.session.version == stored.version == 2
+    assert np.array_equal(moved.session.state.running_mean, stored.state.running_mean)
+    assert moved.session.state.num_batches_tracked == 1
+    assert store.read_cached("s1") == moved.session  # what the next fit starts from
+    assert store.read_cached("s1", owner="someone else") is None
+    other.close()
 
 
 def test_commit_is_one_function_call(store: RedisStore, redis_server: RedisServer) -> None:
