@@ -90,14 +90,16 @@ def _decode(doc: Any, body: bytes, dtype: str) -> Array | None:
     dims = _nesting(doc)
     if dims is None or (shape is not None and len(dims) != 1):
         return None
-    # Every "[" of the body is the start of a list this checked (the members are known, and
+    # Every "[" of the body is the start of a list checked here (the members are known, and
     # a text value, where one could hide, makes as_buffer fail): none holds a nested list in
-    # place of a number, and with the lengths checked by _rectangular, the nesting is exact.
-    lists = sum(math.prod(dims[:k]) for k in range(len(dims))) + (shape is not None)
-    if not _rectangular(doc, dims) or _count(body, _OPEN) != lists:
+    # place of a number, and with the lengths checked by _lists, the nesting is exact.
+    lists = _lists(doc, dims)
+    if not lists or _count(body, _OPEN) != lists + (shape is not None):
         return None
     flat = np.frombuffer(doc.as_buffer(of_type="d"), np.float64)
-    if flat.size != math.prod(dims) or not (flat.min() > -_EXACT and flat.max() < _EXACT):
+    # The ufuncs themselves: ndarray.min and .max add a Python call each.
+    low, high = np.minimum.reduce(flat), np.maximum.reduce(flat)
+    if flat.size != math.prod(dims) or not (low > -_EXACT and high < _EXACT):
         return None
     out = flat.reshape(shape if shape is not None else dims)
     return out if dtype == "float64" else out.astype(dtype)
@@ -124,15 +126,17 @@ def _nesting(arr: Any) -> list[int] | None:
     return dims if type(arr) is float or type(arr) is int else None
 
 
-def _rectangular(arr: Any, dims: list[int]) -> bool:
-    """Whether every list above the last level holds values of the lengths in ``dims``
-    (a number has none: TypeError; a text or an object with one makes as_buffer fail)."""
-    rows = [arr]
+def _lists(arr: Any, dims: list[int]) -> int:
+    """How many lists a rectangular ``arr`` of shape ``dims`` is made of, counted while checking
+    that every list above the last level holds values of the lengths in ``dims``; 0 when one
+    does not (a number has no length: TypeError; a text or an object makes as_buffer fail)."""
+    rows, lists = [arr], 1
     for size in dims[1:]:
         rows = [child for row in rows for child in row]
         if list(map(len, rows)).count(size) != len(rows):
-            return False
-    return True
+            return 0
+        lists += len(rows)
+    return lists
 
 
 def _count(body: bytes, byte: int) -> int:
