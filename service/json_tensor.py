@@ -85,24 +85,103 @@ def _decode(doc: Any, body: bytes, dtype: str) -> Array | None:
                 return None
             shape = listed
         doc = doc["data"]
-    if type(doc) is not simdjson.Array:
+    return _array(doc, body, shape is not None, dtype, shape)
+
+
+def _array(
+    arr: Any, body: bytes, other_lists: int, dtype: str, shape: list[int] | None = None
+) -> Array | None:
+    """The rectangular array of numbers ``arr`` (flat when ``shape`` is given) as ``dtype``, or
+    None; ``body`` is its document, which holds ``other_lists`` lists outside ``arr``."""
+    if type(arr) is not simdjson.Array:
         return None
-    dims = _nesting(doc)
+    dims = _nesting(arr)
     if dims is None or (shape is not None and len(dims) != 1):
         return None
-    # Every "[" of the body is the start of a list checked here (the members are known, and
-    # a text value, where one could hide, makes as_buffer fail): none holds a nested list in
-    # place of a number, and with the lengths checked by _lists, the nesting is exact.
-    lists = _lists(doc, dims)
-    if not lists or _count(body, _OPEN) != lists + (shape is not None):
+    # The body's "[" are the lists checked here, the other_lists, a list in arr where a number
+    # should be, and any "[" in a text: only when there are as many as the first two is there
+    # none of the last two, and with the lengths checked by _lists, the nesting is exact.
+    lists = _lists(arr, dims)
+    if not lists or _count(body, _OPEN) != lists + other_lists:
         return None
-    flat = np.frombuffer(doc.as_buffer(of_type="d"), np.float64)
+    flat = np.frombuffer(arr.as_buffer(of_type="d"), np.float64)
     # The ufuncs themselves: ndarray.min and .max add a Python call each.
     low, high = np.minimum.reduce(flat), np.maximum.reduce(flat)
     if flat.size != math.prod(dims) or not (low > -_EXACT and high < _EXACT):
         return None
     out = flat.reshape(shape if shape is not None else dims)
     return out if dtype == "float64" else out.astype(dtype)
+
+
+def loads_with_tensor(
+    text: bytes, path: tuple[str | int, ...], dtype: str
+) -> tuple[dict[str, Any], Array] | None:
+    """``orjson.loads(text)``, a JSON object, with the value at ``path`` (member names and list
+    indices) read straight into an array of ``dtype`` and put in its place; None unless that
+    value passes ``decode``'s conditions, no object on the path has duplicate names, and no
+    text holds a "[" (then the caller parses the general way)."""
+    if dtype not in SESSION_DTYPES or text.startswith(_BOM) or not path:
+        return None
+    try:
+        doc: Any = _parse(text)
+        if type(doc) is not simdjson.Object:
+            return None
+        return _split(doc, text, path, dtype)
+    except (ValueError, TypeError, RuntimeError, KeyError, IndexError):
+        return None
+
+
+def _split(
+    doc: Any, text: bytes, path: tuple[str | int, ...], dtype: str
+) -> tuple[dict[str, Any], Array] | None:
+    """``loads_with_tensor`` of the parsed document ``doc``."""
+    root: list[Any] = [None]
+    holder: Any = root
+    at: str | int = 0
+    lists = 0
+    for step in path:
+        if type(doc) is simdjson.Object and type(step) is str:
+            names = list(doc)
+            if len(set(names)) != len(names) or step not in names:
+                return None  # orjson keeps the last of duplicates, simdjson finds the first
+            copy: Any = {name: _python(doc[name]) for name in names if name != step}
+        elif type(doc) is simdjson.Array and type(step) is int and 0 <= step < len(doc):
+            copy = [_python(v) if i != step else None for i, v in enumerate(doc)]
+            lists += 1
+        else:
+            return None
+        holder[at], holder, at = copy, copy, step
+        lists += _lists_outside(copy)
+        doc = doc[step]
+    tensor = _array(doc, text, lists, dtype)
+    if tensor is None:
+        return None
+    holder[at] = tensor
+    out: dict[str, Any] = root[0]
+    return out, tensor
+
+
+def _python(value: Any) -> Any:
+    """A simdjson value as the Python objects orjson makes (the last of duplicate names wins)."""
+    if type(value) is simdjson.Object:
+        return value.as_dict()
+    if type(value) is simdjson.Array:
+        return value.as_list()
+    return value
+
+
+def _lists_outside(value: Any) -> int:
+    """The lists in ``value``, a Python copy of a container (itself not counted)."""
+    count = 0
+    stack = list(value.values()) if isinstance(value, dict) else list(value)
+    while stack:
+        item = stack.pop()
+        if type(item) is list:
+            count += 1
+            stack.extend(item)
+        elif type(item) is dict:
+            stack.extend(item.values())
+    return count
 
 
 def _dims(shape: Any) -> TypeGuard[list[int]]:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import bncore
 from service import codecs, json_tensor
 from service.errors import MalformedBody
+from tests.service import json_texts
 from tests.service.json_texts import bodies, common_literals, literals
 
 DTYPES = st.sampled_from(["float32", "float64"])
@@ -157,3 +158,52 @@ def test_a_body_over_the_kept_size_decodes_with_its_own_parser() -> None:
     assert len(body) > json_tensor._KEEP_BYTES
     fast = json_tensor.decode(body, "float64")
     assert fast is not None and same_bits(fast, x)
+
+
+# --- a tensor inside a larger document (V2 infer requests) ------------------------------------
+
+V2_PATH = ("inputs", 0, "data")
+
+
+@st.composite
+def v2_texts(draw: st.DrawFn) -> bytes:
+    """A V2 infer request as text, its data a tensor body's data, with members around it that
+    may hold lists, texts with "[" and duplicate names."""
+    data = draw(json_texts.nested_text(literals, ragged=draw(st.booleans())))
+    spec = [
+        '"name": "INPUT"',
+        f'"datatype": "{draw(st.sampled_from(["FP32", "FP64", "FP16", "INT8"]))}"',
+        f'"shape": {draw(st.lists(st.integers(0, 5), max_size=3))}',
+        f'"data": {data}',
+    ]
+    extra = ['"id": "a[1]"', '"id": "\\u005b"', '"parameters": {"mode": "fit", "x": [[1], []]}']
+    extra += ['"outputs": [{"name": "OUTPUT"}]', '"inputs": []', '"parameters": {"a": 1, "a": 2}']
+    members = [f'"inputs": [{{{", ".join(draw(st.permutations(spec)))}}}]']
+    members += draw(st.lists(st.sampled_from(extra), max_size=3))
+    return ("{" + ", ".join(draw(st.permutations(members))) + "}").encode()
+
+
+@given(v2_texts(), DTYPES)
+@example(b'{"inputs": [{"data": [[1, 2], [3, [4]]]}], "id": "\\u005b"}', "float64")
+@example(b'{"inputs": [{"data": [1, 2]}], "inputs": [{"data": [3]}]}', "float64")
+def test_a_tensor_in_a_document_agrees_with_orjson_and_the_general_decoder(
+    text: bytes, dtype: str
+) -> None:
+    fast = json_tensor.loads_with_tensor(text, V2_PATH, dtype)
+    if fast is None:
+        return
+    doc, tensor = fast
+    expected = orjson.loads(text)
+    data = expected["inputs"][0].pop("data")
+    assert same_bits(tensor, codecs.json_array(data, "input data", dtype=dtype))
+    assert doc["inputs"][0].pop("data") is tensor
+    assert doc == expected
+
+
+def test_a_v2_request_as_orjson_writes_it_takes_the_fast_path() -> None:
+    x = np.linspace(-3, 3, 12, dtype=np.float32)
+    spec = {"name": "INPUT", "datatype": "FP32", "shape": [3, 4], "data": x}
+    text = orjson.dumps({"inputs": [spec], "id": "r1"}, option=orjson.OPT_SERIALIZE_NUMPY)
+    fast = json_tensor.loads_with_tensor(text, V2_PATH, "float32")
+    assert fast is not None and same_bits(fast[1], x)
+    assert fast[0] == {"inputs": [{**spec, "data": fast[1]}], "id": "r1"}
