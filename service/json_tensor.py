@@ -6,6 +6,7 @@ Python object per number.
 nested list, rectangular, of numbers only, each below 2^53 in magnitude. For anything else it
 returns None and ``service.codecs`` decodes the body the general way, with its errors; the two
 agree bit for bit wherever this one answers (tests/service/test_json_tensor.py).
+``loads_with_tensor`` does the same for one value inside a larger document (V2 infer requests).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from service.dtypes import FLOAT_NAMES, SESSION_DTYPES
 Array = npt.NDArray[Any]
 
 # Below 2^53 every integer literal is exact in float64, so converting it through float64 (as
-# simdjson does) and straight from int64 (as NumPy does for an all-integer list) agree.
+# simdjson does) and straight from int64 (as NumPy does for an all-integer list) agree; and no
+# such value is beyond float32's range (the general decoder's 422).
 _EXACT = float(2**53)
 _MAX_RANK = 64  # NumPy's
 _MAX_DIM = (1 << 63) - 1

@@ -207,3 +207,10 @@ def test_a_v2_request_as_orjson_writes_it_takes_the_fast_path() -> None:
     fast = json_tensor.loads_with_tensor(text, V2_PATH, "float32")
     assert fast is not None and same_bits(fast[1], x)
     assert fast[0] == {"inputs": [{**spec, "data": fast[1]}], "id": "r1"}
+
+
+def test_a_parser_whose_document_is_still_held_is_replaced() -> None:
+    held = json_tensor._parse(b"[1, 2]")  # as an exception's traceback could keep it
+    fast = json_tensor.decode(b"[[3.5, 4]]", "float64")
+    assert fast is not None and same_bits(fast, np.array([[3.5, 4.0]]))
+    assert len(held) == 2
