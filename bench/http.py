@@ -2,6 +2,7 @@
 
     python bench/http.py [--seconds 2] [--large-seconds 4] [--rounds 3] [--clients 4]
                          [--python-client] [--bnaas-arg=--flag ...] [--baseline TREE]
+                         [--only TEXT ...]
 
 Starts two processes on 127.0.0.1: bnaas the way a user runs it (``python -m service.cli serve``,
 SQLite store in a temporary folder) and ``bench/bare_echo.py`` under uvicorn with its access log
@@ -15,6 +16,7 @@ Next to requests/s, every case shows the server's CPU time per request (user + s
 ``--baseline TREE`` starts a second bnaas from another checkout of the repository (its own
 ``service`` package, this interpreter) and measures its cases in the same rounds, so a change
 is compared with what it replaces under the same load: ``git worktree add /tmp/old main``.
+``--only "json 32x64"`` measures only the cases whose name contains the text (repeatable).
 
 Load comes from ``wrk -t1 -cN`` when wrk is installed (one light thread: the server gets the
 cores; ``apt-get install wrk``), else from N Python client processes (heavier: they compete
@@ -544,6 +546,13 @@ def main() -> None:
     parser.add_argument(
         "--baseline", type=Path, help="another checkout of bnaas, measured in the same rounds"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="measure only the cases whose name contains TEXT (repeat: any of them)",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bnaas-bench-http-"))
     servers: list[Server] = []
@@ -566,7 +575,11 @@ def main() -> None:
             f"{how}; {args.rounds} rounds x {args.seconds:g} s per case"
             f" ({args.large_seconds:g} s for bodies over 1 MiB), interleaved\n"
         )
-        cases = _cases(bnaas, echo, baseline)
+        cases = [
+            case
+            for case in _cases(bnaas, echo, baseline)
+            if not args.only or any(text in case.name for text in args.only)
+        ]
         results = measure_rounds(cases, load, args.seconds, args.rounds, args.large_seconds)
     finally:
         for server in servers:

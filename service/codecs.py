@@ -21,7 +21,7 @@ import numpy.typing as npt
 import orjson
 
 import bncore
-from service import safetensors_codec
+from service import json_tensor, safetensors_codec
 from service.dtypes import (
     FLOAT_NAMES,
     SEND,
@@ -266,6 +266,14 @@ def _has_word(body: bytes, word: bytes, tries: int = 16) -> bool:
 @decode_boundary
 def decode_json_tensor(body: bytes, dtype: str) -> Array:
     """``{"data": nested}`` or ``{"data": flat, "shape": [...]}`` (or a bare nested list)."""
+    fast = json_tensor.decode(body, dtype)  # the common case, with no Python object per number
+    return fast if fast is not None else decode_json_general(body, dtype)
+
+
+@decode_boundary
+def decode_json_general(body: bytes, dtype: str) -> Array:
+    """``decode_json_tensor`` through Python objects (orjson, then NumPy): every body, and the
+    errors; the reference that ``json_tensor.decode`` must agree with."""
     doc = parse_json(body)
     bools = bools_in(body)
     if isinstance(doc, list):

@@ -16,6 +16,7 @@ import numpy.typing as npt
 import orjson
 
 import bncore
+from service import json_tensor
 from service.codecs import bools_in, dims_ok, json_array, reshape
 from service.dtypes import check_session_dtype, decode_boundary, to_session_dtype
 from service.errors import MalformedBody
@@ -76,7 +77,7 @@ def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], int]:
+def _header(body: bytes, header_length: str | None, dtype: str) -> tuple[dict[str, Any], int]:
     if header_length is None:
         json_end = len(body)
     else:
@@ -92,6 +93,10 @@ def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], int
             raise V2Error(
                 f"Inference-Header-Content-Length {json_end} is outside the {len(body)}-byte body"
             )
+    # The usual request, its JSON data read straight into the session's dtype (json_tensor).
+    fast = json_tensor.loads_with_tensor(body[:json_end], ("inputs", 0, "data"), dtype)
+    if fast is not None:
+        return fast[0], json_end
     try:
         doc = orjson.loads(body[:json_end])
     except orjson.JSONDecodeError as exc:
@@ -123,7 +128,7 @@ def decode_infer(body: bytes, header_length: str | None, dtype: str) -> InferReq
     """Parse and check an infer request; the input comes out in the session's ``dtype``
     (FP16, BF16, FP32 and FP64 are converted; other datatypes are refused with a 400)."""
     check_session_dtype(dtype)
-    doc, json_end = _header(body, header_length)
+    doc, json_end = _header(body, header_length, dtype)
     params = _parameters(doc, "request")
     for key in _SEQUENCE:
         if key in params:
@@ -164,9 +169,12 @@ def decode_infer(body: bytes, header_length: str | None, dtype: str) -> InferReq
     else:
         if "data" not in spec:
             raise V2Error(f"input {INPUT!r} has neither 'data' nor parameters.binary_data_size")
-        bools = bools_in(body)  # bytes past the JSON can only cost a needless exact scan
-        flat = json_array(spec["data"], "input data", dtype=dtype, maybe_bools=bools)
-        flat = flat.reshape(-1)
+        data = spec["data"]
+        if isinstance(data, np.ndarray):  # read by json_tensor, in the session's dtype
+            flat = data.reshape(-1)
+        else:
+            bools = bools_in(body)  # bytes past the JSON can only cost a needless exact scan
+            flat = json_array(data, "input data", dtype=dtype, maybe_bools=bools).reshape(-1)
         if flat.size != count:
             raise V2Error(f"input data has {flat.size} values; shape {shape} needs {count}")
         x = reshape(flat, shape, "input")

@@ -6,9 +6,10 @@
 
 The first input byte picks the decoder and the session dtype; the rest is the body. The
 property is the test suite's (tests/service/test_fuzz_decoders.py): an array of the session's
-dtype or the project's own 4xx error. An exception of any other kind, or a record on the
-``bnaas.decode`` logger (``decode_boundary`` caught something unexpected), is a crash that
-atheris reports with the input that caused it.
+dtype or the project's own 4xx error; for JSON tensors, also the same bits from the fast path
+(service/json_tensor.py) as from the general decoder wherever the fast path answers. An
+exception of any other kind, or a record on the ``bnaas.decode`` logger (``decode_boundary``
+caught something unexpected), is a crash that atheris reports with the input that caused it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ with atheris.instrument_imports():
     import numpy as np
 
     import bncore
-    from service import codecs, v2codec
+    from service import codecs, json_tensor, v2codec
     from service.errors import ServiceError
 
 
@@ -55,8 +56,11 @@ def one_input(data: bytes) -> None:
         return
     pick, body = data[0], data[1:]
     dtype = "float64" if pick & 0x80 else "float32"
+    decoder = (pick & 0x7F) % len(DECODERS)
+    if decoder == 1:
+        same_as_general(body, dtype)
     try:
-        out = DECODERS[(pick & 0x7F) % len(DECODERS)](body, dtype)
+        out = DECODERS[decoder](body, dtype)
     except (ServiceError, bncore.BNError):
         return
     if isinstance(out, bytes):
@@ -65,6 +69,16 @@ def one_input(data: bytes) -> None:
     for arr in arrays:
         if not isinstance(arr, np.ndarray) or arr.dtype != np.dtype(dtype):
             raise AssertionError(f"decoder returned {type(arr)} {getattr(arr, 'dtype', '')}")
+
+
+def same_as_general(body: bytes, dtype: str) -> None:
+    """Where the JSON fast path answers, the general decoder gives the same bits."""
+    fast = json_tensor.decode(body, dtype)
+    if fast is None:
+        return
+    slow = codecs.decode_json_general(body, dtype)
+    if (fast.dtype, fast.shape, fast.tobytes()) != (slow.dtype, slow.shape, slow.tobytes()):
+        raise AssertionError(f"fast path and general decoder differ: {fast!r} {slow!r}")
 
 
 def main() -> None:

@@ -29,6 +29,10 @@ def main(out: Path) -> None:
         bytes([4]) + orjson.dumps({"inputs": [{**v2["inputs"][0], "data": X.ravel().tolist()}]}),  # type: ignore[dict-item]
         bytes([5]) + len(head).to_bytes(2, "little") + head + X.tobytes(),
         bytes([6]) + gzip.compress(b"0" * 1000),
+        # The JSON fast path's bodies: nested, and flat with a shape (float64 session).
+        bytes([0x81]) + orjson.dumps({"data": X}, option=orjson.OPT_SERIALIZE_NUMPY),
+        bytes([1]) + orjson.dumps({"data": X.ravel().tolist(), "shape": [4, 3]}),
+        bytes([1]) + b"[[1e-5, -0, 12, 3.5E+2], [null, 2e308, 9007199254740993, 1]]",
     ]
     for i, seed in enumerate(seeds):
         (out / f"seed-{i}").write_bytes(seed)

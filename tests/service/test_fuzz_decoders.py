@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import bncore
 from service import codecs, deps, v2codec
 from service.errors import ENGINE_ERRORS, ServiceError
+from tests.service import json_texts
 from tests.service.wire import npy_header, npy_raw, safetensors_raw
 
 DTYPES = st.sampled_from(["float32", "float64"])
@@ -247,6 +248,18 @@ def test_json_tensor_decoder_returns_the_session_dtype_or_a_4xx(doc: Any, dtype:
 @given(st.binary(max_size=64), DTYPES)
 def test_json_decoder_on_arbitrary_bytes(body: bytes, dtype: str) -> None:
     check(lambda: codecs.decode_json_tensor(body, dtype), dtype)
+
+
+@given(json_texts.bodies(json_texts.literals, odd=True), DTYPES, st.data())
+def test_json_text_bodies_decode_to_the_session_dtype_or_a_4xx(
+    body: bytes, dtype: str, data: st.DataObject
+) -> None:
+    """Bodies as a client writes them (the fast path's territory), and each cut short or with
+    one byte changed."""
+    at = data.draw(st.integers(0, len(body) - 1))
+    byte = bytes([data.draw(st.integers(0, 255))])
+    for text in (body, body[:at], body[:at] + byte + body[at + 1 :]):
+        check(lambda text=text: codecs.decode_json_tensor(text, dtype), dtype)  # type: ignore[misc]
 
 
 # --- V2 -------------------------------------------------------------------------------------
