@@ -242,10 +242,11 @@ def main() -> None:
     parser.add_argument("--idempotency", action="store_true", help="unique Idempotency-Keys")
     parser.add_argument(
         "--order",
-        choices=("rr", "random"),
+        choices=("rr", "random", "affine"),
         default="rr",
         help="sessions per wrk thread: in turn (threads in step: replicas meet on every "
-        "session), or a random one per fit",
+        "session), a random one per fit, or in turn over its replica's own sessions (session "
+        "j on replica j mod n, as behind a balancer that hashes the session id)",
     )
     parser.add_argument("--old-tree", type=Path, help="also serve SQLite and Redis from this tree")
     parser.add_argument("--no-sqlite", action="store_true", help="Redis setups only")

@@ -7,7 +7,9 @@
 --                   is how one wrk spreads its connections over replicas
 --   BENCH_IDEMPOTENCY  "1": a unique Idempotency-Key on every fit
 --   BENCH_ORDER     "rr": each thread walks the sessions in order (threads one session apart,
---                   so replicas meet on every session); "random": each fit picks a session
+--                   so replicas meet on every session); "random": each fit picks a session;
+--                   "affine": as "rr" over the sessions of the thread's replica only (session
+--                   j on replica j mod n, as behind a balancer that hashes the session id)
 -- done() prints one JSON line that bench/store.py parses.
 
 local function split(s)
@@ -24,11 +26,24 @@ function setup(thread)
   local ports = split(os.getenv("BENCH_PORTS"))
   thread.addr = wrk.lookup("127.0.0.1", ports[(count % #ports) + 1])[1]
   thread:set("tid", count)
+  thread:set("replica", count % #ports)
+  thread:set("replicas", #ports)
   count = count + 1
 end
 
 function init(args)
   sessions = split(os.getenv("BENCH_SESSIONS"))
+  if os.getenv("BENCH_ORDER") == "affine" then
+    local own = {}
+    for j, sid in ipairs(sessions) do
+      if (j - 1) % replicas == replica then
+        own[#own + 1] = sid
+      end
+    end
+    if #own > 0 then -- fewer sessions than replicas (the hot case): every thread shares them
+      sessions = own
+    end
+  end
   local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
   body = f:read("*a")
   f:close()
