@@ -2,6 +2,7 @@
 
     python bench/http.py [--seconds 2] [--large-seconds 4] [--rounds 3] [--clients 4]
                          [--python-client] [--bnaas-arg=--flag ...] [--baseline TREE]
+                         [--cases REGEX]
 
 Starts two processes on 127.0.0.1: bnaas the way a user runs it (``python -m service.cli serve``,
 SQLite store in a temporary folder) and ``bench/bare_echo.py`` under uvicorn with its access log
@@ -509,7 +510,7 @@ def print_ratios(results: Results) -> None:
     head = f"{'req/s':>6} {'min-max':>11} {'cpu':>6} {'min-max':>11}"
     print(f"\n{'ratio (per round)':42} {head} floor")
     for label, num, den, floor in FLOORS:
-        if num not in results.rps:
+        if num not in results.rps or den not in results.rps:
             continue
         ratios = per_round(results.rps[num], results.rps[den])
         by_cpu = per_round(results.cpu_us[den], results.cpu_us[num])
@@ -544,6 +545,11 @@ def main() -> None:
     parser.add_argument(
         "--baseline", type=Path, help="another checkout of bnaas, measured in the same rounds"
     )
+    parser.add_argument(
+        "--cases",
+        type=re.compile,
+        help="only the cases whose name this regex finds (e.g. 'npy|v2'; ratios need both sides)",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bnaas-bench-http-"))
     servers: list[Server] = []
@@ -567,6 +573,8 @@ def main() -> None:
             f" ({args.large_seconds:g} s for bodies over 1 MiB), interleaved\n"
         )
         cases = _cases(bnaas, echo, baseline)
+        if args.cases is not None:
+            cases = [case for case in cases if args.cases.search(case.name)]
         results = measure_rounds(cases, load, args.seconds, args.rounds, args.large_seconds)
     finally:
         for server in servers:
