@@ -47,7 +47,17 @@ from service.deps import (
 )
 from service.errors import MalformedBody
 from service.metrics import Metrics
-from service.routes.hot import Handler, HotRoute, hot, inline, query_bool, run
+from service.routes.hot import (
+    Answer,
+    Handler,
+    HotRoute,
+    headers_of,
+    hot,
+    inline,
+    query_bool,
+    read_body,
+    run,
+)
 from service.routes.openapi import PROBLEMS, headers, multi_body, tensor_body, tensor_response
 from service.settings import Settings
 from service.stores.base import Idempotency, IfMatch, Replay, Session, Store, loop_safe
@@ -91,16 +101,27 @@ def _transform(
     answer = negotiate(body.accept, media, TENSOR_TYPES)
     session = store.read(session_id)
     x = decode_tensor(body.data, media, session.state.config.dtype)
-    y = bncore.transform(session.state, backend.asarray(x))
+    y = bncore.to_host(bncore.transform(session.state, backend.asarray(x)))
     metrics.observe_op("transform", x.size)
-    headers = {"ETag": etag(session.version), "Vary": "Accept"}
-    return to_response(_tensor_replay(answer, y, headers, {}))
+    data = encode_npy(y) if answer == NPY else dumps(tensor_json(y))
+    return Answer(
+        data,
+        [
+            (b"etag", etag(session.version).encode()),
+            (b"vary", b"Accept"),
+            (b"content-length", b"%d" % len(data)),
+            (b"content-type", _RAW_TYPES[answer]),
+        ],
+    )
+
+
+_RAW_TYPES = {NPY: NPY.encode(), JSON: JSON.encode()}
 
 
 @hot(transform)
 async def transform_hot(request: Request, slow: Handler) -> Response:
     """``transform`` on the event loop for a small body, in the thread pool for a large one."""
-    body = await get_body(request)
+    body = await read_body(request, headers_of(request))
     store = await get_store(request)
     state = request.app.state
     sid: str = request.path_params["session_id"]
