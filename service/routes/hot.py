@@ -16,6 +16,7 @@ SQLite's fsync (or Redis): it always runs in the thread pool, never on the loop.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI
@@ -55,8 +56,20 @@ class HotRoute(APIRoute):
     """An ``APIRoute`` answered by its ``@hot`` handler when one is registered."""
 
     def get_route_handler(self) -> Handler:
-        slow = super().get_route_handler()
+        fastapi_handler = super().get_route_handler()
         endpoint = self.endpoint
+
+        async def slow(request: Request) -> Response:
+            # Called by service.front, which opens none of the exit stacks FastAPI's handler
+            # asserts are there (no hot route has a dependency with yield or a form): opened
+            # here, only for a request that falls back to it.
+            scope = request.scope
+            if _STACKS[0] in scope:  # came down FastAPI's stack: they are open
+                return await fastapi_handler(request)
+            async with AsyncExitStack() as stack:
+                for key in _STACKS:
+                    scope[key] = stack
+                return await fastapi_handler(request)
 
         async def handler(request: Request) -> Response:
             # Looked up per request: the @hot handler is registered after the decorator ran.
@@ -64,6 +77,9 @@ class HotRoute(APIRoute):
             return await (slow(request) if fast is None else fast(request, slow))
 
         return handler
+
+
+_STACKS = ("fastapi_middleware_astack", "fastapi_inner_astack", "fastapi_function_astack")
 
 
 # The request headers the hot handlers read; ``headers_of`` finds them in one pass.
