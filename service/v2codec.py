@@ -8,8 +8,8 @@ views of the body (no copy, no Python lists); binary outputs are written as raw 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+import sys
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +45,9 @@ _NAMES = {"float16": "FP16", "float32": "FP32", "float64": "FP64"}
 _BY_DTYPE = {np.dtype(name): v2 for name, v2 in _NAMES.items()}
 _DIGITS = frozenset("0123456789")
 _SEQUENCE = ("sequence_id", "sequence_start", "sequence_end")
+_SEQUENCE_SET = frozenset(_SEQUENCE)
 MODES = ("transform", "fit")
+_LITTLE = sys.byteorder == "little"
 
 
 class V2Error(MalformedBody):
@@ -54,9 +56,9 @@ class V2Error(MalformedBody):
     slug, title = "invalid-inference-request", "Invalid inference request"
 
 
-@dataclass(frozen=True)
-class InferRequest:
-    """A decoded infer request: the one input tensor and how to answer."""
+class InferRequest(NamedTuple):
+    """A decoded infer request: the one input tensor and how to answer. (A named tuple:
+    built on every request, it costs a third of a frozen dataclass.)"""
 
     id: str | None
     mode: str
@@ -111,8 +113,14 @@ def _shape(value: Any) -> list[int]:
     return value
 
 
+# The datatype that is already the session's dtype: its bytes are viewed as they are.
+_SAME = {("FP32", "float32"), ("FP64", "float64")}
+
+
 def _binary(body: bytes, offset: int, count: int, name: str, dtype: str) -> npt.NDArray[Any]:
     raw = np.frombuffer(body, dtype=DATATYPES[name], count=count, offset=offset)
+    if _LITTLE and (name, dtype) in _SAME:  # '<f4' is float32 on a little-endian host
+        return raw
     if name == "BF16":
         raw = (raw.astype(np.uint32) << 16).view(np.float32)
     return to_session_dtype(raw, dtype, f"input {INPUT!r}")
@@ -125,9 +133,9 @@ def decode_infer(body: bytes, header_length: str | None, dtype: str) -> InferReq
     check_session_dtype(dtype)
     doc, json_end = _header(body, header_length)
     params = _parameters(doc, "request")
-    for key in _SEQUENCE:
-        if key in params:
-            raise V2Error(f"sequence parameter {key!r} is not supported: sessions are named models")
+    if params and not _SEQUENCE_SET.isdisjoint(params):
+        key = next(k for k in _SEQUENCE if k in params)
+        raise V2Error(f"sequence parameter {key!r} is not supported: sessions are named models")
     mode = params.get("mode", "transform")
     if mode not in MODES:
         raise V2Error(f"parameters.mode must be 'transform' or 'fit', got {mode!r}")
@@ -174,8 +182,9 @@ def decode_infer(body: bytes, header_length: str | None, dtype: str) -> InferReq
         raise V2Error(
             f"{len(body) - offset} byte(s) after the declared tensors: sizes do not add up"
         )
+    request_id = doc.get("id")
     return InferRequest(
-        doc.get("id") if isinstance(doc.get("id"), str) else None,
+        request_id if isinstance(request_id, str) else None,
         mode,
         x,
         _binary_output(doc, params),
@@ -219,7 +228,8 @@ def encode_infer(
     if not req.binary_output:
         out["data"] = y.reshape(-1)
         return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), {}, "application/json"
-    raw = np.require(y, dtype=y.dtype.newbyteorder("<"), requirements="C")
+    little = y.dtype.byteorder == "<" or (y.dtype.byteorder == "=" and _LITTLE)
+    raw = y if little and y.flags.c_contiguous else np.require(y, y.dtype.newbyteorder("<"), "C")
     out["parameters"] = {"binary_data_size": raw.nbytes}
     head = orjson.dumps(doc)
     body = b"".join((head, raw.reshape(-1).data))  # one copy of the tensor bytes, no lists
