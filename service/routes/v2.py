@@ -203,28 +203,37 @@ def _fit_answer(
 
 @hot(infer)
 async def infer_hot(request: Request, slow: Handler) -> Response:
-    """``infer`` on the event loop for a small body (in the thread pool for a large one); a
-    small fit awaits its commit on the loop when the store is ``loop_safe``."""
-    sid: str = request.path_params["session_id"]
+    """``infer`` on the event loop for a small body (in the thread pool for a large one, with
+    one hop for decode and transform); a small fit awaits its commit on the loop when the
+    store is ``loop_safe``."""
+    params = request.path_params
+    sid: str = params["session_id"]
     heads = headers_of(request)
     body = await read_body(request, heads)
     store = await get_store(request)
     idem = await get_idempotency(request) if b"idempotency-key" in heads else None
-    _check_version(sid, request.path_params.get("version"))
+    _check_version(sid, params.get("version"))
     state = request.app.state
     backend: Backend = state.backend
     metrics: Metrics = state.metrics
     length = heads.get(b"inference-header-content-length")
     small = inline(request, body)
-    decoded = await run(small, lambda: _decode_with(sid, length, body, store))
-    if decoded[1].mode == "transform":
-        return await run(small, lambda: _transform(sid, decoded, backend, metrics))
+
+    def work() -> Response | tuple[Session, InferRequest]:
+        decoded = _decode_with(sid, length, body, store)
+        if decoded[1].mode == "transform":
+            return _transform(sid, decoded, backend, metrics)
+        return decoded  # a fit: committed below
+
+    done = await run(small, work)
+    if isinstance(done, Response):
+        return done
     commits: Commits = state.commits
     if small and loop_safe(store):
-        session, req = decoded
+        session, req = done
         out = await commits.fit_async(store, session, backend.asarray(req.x), idem=idem)
         return _fit_answer(sid, session, req, out, metrics)
-    return await run_in_threadpool(_fit, sid, decoded, store, commits, backend, idem, metrics)
+    return await run_in_threadpool(_fit, sid, done, store, commits, backend, idem, metrics)
 
 
 _OCTET_RAW = (b"content-type", OCTET.encode())
