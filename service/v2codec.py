@@ -216,6 +216,17 @@ def encode_infer(
     model: str, req: InferRequest, y: npt.NDArray[Any], parameters: dict[str, Any]
 ) -> tuple[bytes, dict[str, str], str]:
     """The response body, its extra headers and media type."""
+    head, tail, headers, media = encode_infer_parts(model, req, y, parameters)
+    # One copy of the tensor bytes, no lists.
+    return (head if tail is None else b"".join((head, tail))), headers, media
+
+
+def encode_infer_parts(
+    model: str, req: InferRequest, y: npt.NDArray[Any], parameters: dict[str, Any]
+) -> tuple[bytes, memoryview | None, dict[str, str], str]:
+    """``encode_infer`` with a binary output left apart: the JSON header, then the tensor as
+    a flat byte view of ``y`` itself when it is C-order little-endian (else of a converted
+    copy), or None for a JSON answer."""
     out: dict[str, Any] = {"name": OUTPUT, "datatype": datatype(y.dtype), "shape": list(y.shape)}
     doc: dict[str, Any] = {
         "model_name": model,
@@ -227,10 +238,10 @@ def encode_infer(
         doc["id"] = req.id
     if not req.binary_output:
         out["data"] = y.reshape(-1)
-        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), {}, "application/json"
+        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), None, {}, "application/json"
     little = y.dtype.byteorder == "<" or (y.dtype.byteorder == "=" and _LITTLE)
     raw = y if little and y.flags.c_contiguous else np.require(y, y.dtype.newbyteorder("<"), "C")
     out["parameters"] = {"binary_data_size": raw.nbytes}
     head = orjson.dumps(doc)
-    body = b"".join((head, raw.reshape(-1).data))  # one copy of the tensor bytes, no lists
-    return body, {"Inference-Header-Content-Length": str(len(head))}, OCTET
+    data = raw.reshape(-1).data.cast("B")
+    return head, data, {"Inference-Header-Content-Length": str(len(head))}, OCTET

@@ -26,6 +26,7 @@ from service.codecs import (
     encode_npy,
     encode_safetensors,
     negotiate,
+    npy_parts,
     parse_json,
     tensor_json,
 )
@@ -103,16 +104,18 @@ def _transform(
     x = decode_tensor(body.data, media, session.state.config.dtype)
     y = bncore.to_host(bncore.transform(session.state, backend.asarray(x)))
     metrics.observe_op("transform", x.size)
-    data = encode_npy(y) if answer == NPY else dumps(tensor_json(y))
-    return Answer(
-        data,
-        [
-            (b"etag", etag(session.version).encode()),
-            (b"vary", b"Accept"),
-            (b"content-length", b"%d" % len(data)),
-            (b"content-type", _RAW_TYPES[answer]),
-        ],
-    )
+    if answer == NPY:
+        head, tail = npy_parts(y)  # the data goes out from y itself (service.routes.hot)
+    else:
+        head, tail = dumps(tensor_json(y)), None
+    size = len(head) + (0 if tail is None else len(tail))
+    headers = [
+        (b"etag", etag(session.version).encode()),
+        (b"vary", b"Accept"),
+        (b"content-length", b"%d" % size),
+        (b"content-type", _RAW_TYPES[answer]),
+    ]
+    return Answer(head, headers, tail=tail)
 
 
 _RAW_TYPES = {NPY: NPY.encode(), JSON: JSON.encode()}

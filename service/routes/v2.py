@@ -48,6 +48,7 @@ from service.v2codec import (
     datatype,
     decode_infer,
     encode_infer,
+    encode_infer_parts,
 )
 from service.views import json_replay, to_response
 
@@ -241,9 +242,11 @@ _JSON_RAW = (b"content-type", b"application/json")
 
 
 def _answer(model: str, req: InferRequest, y: Any, params: dict[str, Any]) -> Response:
-    data, headers, media = encode_infer(model, req, bncore.to_host(y), params)
-    length = (b"content-length", b"%d" % len(data))
+    head, tail, headers, media = encode_infer_parts(model, req, bncore.to_host(y), params)
+    size = len(head) + (0 if tail is None else len(tail))
+    length = (b"content-length", b"%d" % size)
     if media == OCTET:
-        head = headers["Inference-Header-Content-Length"].encode()
-        return Answer(data, [(b"inference-header-content-length", head), length, _OCTET_RAW])
-    return Answer(data, [length, _JSON_RAW])
+        json_length = headers["Inference-Header-Content-Length"].encode()
+        raw = [(b"inference-header-content-length", json_length), length, _OCTET_RAW]
+        return Answer(head, raw, tail=tail)  # a large tensor is sent from y itself
+    return Answer(head, [length, _JSON_RAW])
