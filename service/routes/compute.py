@@ -52,6 +52,7 @@ from service.routes.hot import (
     Answer,
     Handler,
     HotRoute,
+    fits_inline,
     headers_of,
     hot,
     inline,
@@ -124,12 +125,14 @@ _RAW_TYPES = {NPY: NPY.encode(), JSON: JSON.encode()}
 @hot(transform)
 async def transform_hot(request: Request, slow: Handler) -> Response:
     """``transform`` on the event loop for a small body, in the thread pool for a large one."""
-    body = await read_body(request, headers_of(request))
-    store = await get_store(request)
     state = request.app.state
+    settings: Settings = state.settings
+    body = await read_body(request, headers_of(request), settings)
+    store = await get_store(request)
+    backend, metrics = state.backend, state.metrics
     sid: str = request.path_params["session_id"]
     return await run(
-        inline(request, body), lambda: _transform(sid, body, store, state.backend, state.metrics)
+        fits_inline(settings, body), lambda: _transform(sid, body, store, backend, metrics)
     )
 
 

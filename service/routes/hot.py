@@ -107,7 +107,7 @@ def headers_of(request: Request) -> dict[bytes, str]:
     return found
 
 
-async def read_body(request: Request, headers: dict[bytes, str]) -> Body:
+async def read_body(request: Request, headers: dict[bytes, str], settings: Settings) -> Body:
     """``service.deps.get_body``'s answer (inflated within the same limits) with less
     machinery: the ``receive`` messages are read here and a body that came in one message is
     used as it is (Starlette's ``Request.body`` streams it through a generator and joins a
@@ -127,7 +127,6 @@ async def read_body(request: Request, headers: dict[bytes, str]) -> Body:
             raise ClientDisconnect()
     raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     request._body = raw  # Starlette's own cache: ``Request.body()`` returns it from now on
-    settings: Settings = request.app.state.settings
     encoding = headers.get(b"content-encoding")
     data = (
         raw
@@ -177,7 +176,11 @@ class Answer(Response):
 
 def inline(request: Request, body: Body) -> bool:
     """Whether ``body`` is small enough to be decoded and computed on the event loop."""
-    settings: Settings = request.app.state.settings
+    return fits_inline(request.app.state.settings, body)
+
+
+def fits_inline(settings: Settings, body: Body) -> bool:
+    """``inline`` for a handler that holds the settings already."""
     return len(body.data) <= settings.inline_max_bytes
 
 

@@ -32,13 +32,14 @@ from service.routes.hot import (
     Answer,
     Handler,
     HotRoute,
+    fits_inline,
     headers_of,
     hot,
-    inline,
     read_body,
     run,
 )
 from service.routes.openapi import headers
+from service.settings import Settings
 from service.stores.base import Idempotency, Replay, Session, Store, loop_safe
 from service.v2codec import (
     INPUT,
@@ -209,16 +210,17 @@ async def infer_hot(request: Request, slow: Handler) -> Response:
     store is ``loop_safe``."""
     params = request.path_params
     sid: str = params["session_id"]
+    state = request.app.state  # each attribute read once: State.__getattr__ is Python code
+    settings: Settings = state.settings
     heads = headers_of(request)
-    body = await read_body(request, heads)
+    body = await read_body(request, heads, settings)
     store = await get_store(request)
     idem = await get_idempotency(request) if b"idempotency-key" in heads else None
     _check_version(sid, params.get("version"))
-    state = request.app.state
     backend: Backend = state.backend
     metrics: Metrics = state.metrics
     length = heads.get(b"inference-header-content-length")
-    small = inline(request, body)
+    small = fits_inline(settings, body)
 
     def work() -> Response | tuple[Session, InferRequest]:
         decoded = _decode_with(sid, length, body, store)
