@@ -126,11 +126,61 @@ def _binary(body: bytes, offset: int, count: int, name: str, dtype: str) -> npt.
     return to_session_dtype(raw, dtype, f"input {INPUT!r}")
 
 
+class _Plan(NamedTuple):
+    """What ``decode_infer`` found in the JSON header of a binary request."""
+
+    id: str | None
+    mode: str
+    name: str
+    shape: tuple[int, ...]
+    values: int
+    binary_output: bool
+
+
+# Clients send the same JSON header again and again (one model, one shape; tritonclient adds
+# no per-request id unless asked). For a binary input, everything decode_infer checks is a
+# function of the header's bytes, the session dtype and the body's length: a header seen
+# before with the same three is not parsed and checked again, only its tensor is viewed
+# (measured: ~3 of a 32x64 decode's ~5 us). Bounded: emptied when full.
+_PLANS: dict[tuple[bytes, str, int], _Plan] = {}
+_PLANS_MAX = 256
+_PLAN_HEADER_MAX = 2048
+
+
+def _plan_key(body: bytes, header_length: str | None, dtype: str) -> tuple[bytes, str, int] | None:
+    # Only a length that _header takes as it is (ASCII digits, at most 19 of them), so that
+    # a hit stands for exactly the request that was checked.
+    if header_length is None or len(header_length) > 19:
+        return None
+    if not (header_length.isascii() and header_length.isdigit()):
+        return None
+    json_end = int(header_length)
+    if not 0 < json_end <= min(len(body), _PLAN_HEADER_MAX):
+        return None
+    return body[:json_end], dtype, len(body)
+
+
 @decode_boundary
 def decode_infer(body: bytes, header_length: str | None, dtype: str) -> InferRequest:
     """Parse and check an infer request; the input comes out in the session's ``dtype``
     (FP16, BF16, FP32 and FP64 are converted; other datatypes are refused with a 400)."""
     check_session_dtype(dtype)
+    key = _plan_key(body, header_length, dtype)
+    if key is not None and (plan := _PLANS.get(key)) is not None:
+        x = _binary(body, len(key[0]), plan.values, plan.name, dtype)
+        return InferRequest(plan.id, plan.mode, x.reshape(plan.shape), plan.binary_output)
+    req, plan = _decode(body, header_length, dtype)
+    if key is not None and plan is not None:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return req
+
+
+def _decode(
+    body: bytes, header_length: str | None, dtype: str
+) -> tuple[InferRequest, _Plan | None]:
+    """``decode_infer`` in full, and its plan when the input is binary."""
     doc, json_end = _header(body, header_length)
     params = _parameters(doc, "request")
     if params and not _SEQUENCE_SET.isdisjoint(params):
@@ -169,6 +219,7 @@ def decode_infer(body: bytes, header_length: str | None, dtype: str) -> InferReq
             raise V2Error(f"binary data ends at byte {offset + size}, past the body of {len(body)}")
         x = reshape(_binary(body, offset, count, name, dtype), shape, "input")
         offset += size
+        binary = True
     else:
         if "data" not in spec:
             raise V2Error(f"input {INPUT!r} has neither 'data' nor parameters.binary_data_size")
@@ -178,17 +229,20 @@ def decode_infer(body: bytes, header_length: str | None, dtype: str) -> InferReq
         if flat.size != count:
             raise V2Error(f"input data has {flat.size} values; shape {shape} needs {count}")
         x = reshape(flat, shape, "input")
+        binary = False
     if offset != len(body):
         raise V2Error(
             f"{len(body) - offset} byte(s) after the declared tensors: sizes do not add up"
         )
     request_id = doc.get("id")
-    return InferRequest(
+    req = InferRequest(
         request_id if isinstance(request_id, str) else None,
         mode,
         x,
         _binary_output(doc, params),
     )
+    plan = _Plan(req.id, mode, name, tuple(shape), count, req.binary_output) if binary else None
+    return req, plan
 
 
 def _binary_output(doc: dict[str, Any], params: dict[str, Any]) -> bool:
