@@ -354,8 +354,8 @@ def test_v2_decoder_answers_a_header_seen_before_as_the_first_time(
     req: tuple[bytes, str | None], dtype: str, pad: str
 ) -> None:
     """decode_infer keeps what it checked of a binary request's JSON header: a request with
-    the same header, its length written otherwise or a body one byte longer is answered as it
-    would be the first time."""
+    the same header, its length written otherwise or a body a byte longer or shorter is
+    answered as it would be the first time."""
     body, length = req
     assert length is not None
     v2codec._PLANS.clear()
