@@ -2,7 +2,7 @@
 
     python bench/http.py [--seconds 2] [--large-seconds 4] [--rounds 3] [--clients 4]
                          [--python-client] [--bnaas-arg=--flag ...] [--baseline TREE]
-                         [--only TEXT ...]
+                         [--cases REGEX]
 
 Starts two processes on 127.0.0.1: bnaas the way a user runs it (``python -m service.cli serve``,
 SQLite store in a temporary folder) and ``bench/bare_echo.py`` under uvicorn with its access log
@@ -16,7 +16,7 @@ Next to requests/s, every case shows the server's CPU time per request (user + s
 ``--baseline TREE`` starts a second bnaas from another checkout of the repository (its own
 ``service`` package, this interpreter) and measures its cases in the same rounds, so a change
 is compared with what it replaces under the same load: ``git worktree add /tmp/old main``.
-``--only "json 32x64"`` measures only the cases whose name contains the text (repeatable).
+``--cases "json 32x64|echo json"`` measures only the cases whose name the regex finds.
 
 Load comes from ``wrk -t1 -cN`` when wrk is installed (one light thread: the server gets the
 cores; ``apt-get install wrk``), else from N Python client processes (heavier: they compete
@@ -511,7 +511,7 @@ def print_ratios(results: Results) -> None:
     head = f"{'req/s':>6} {'min-max':>11} {'cpu':>6} {'min-max':>11}"
     print(f"\n{'ratio (per round)':42} {head} floor")
     for label, num, den, floor in FLOORS:
-        if num not in results.rps:
+        if num not in results.rps or den not in results.rps:
             continue
         ratios = per_round(results.rps[num], results.rps[den])
         by_cpu = per_round(results.cpu_us[den], results.cpu_us[num])
@@ -547,11 +547,9 @@ def main() -> None:
         "--baseline", type=Path, help="another checkout of bnaas, measured in the same rounds"
     )
     parser.add_argument(
-        "--only",
-        action="append",
-        default=[],
-        metavar="TEXT",
-        help="measure only the cases whose name contains TEXT (repeat: any of them)",
+        "--cases",
+        type=re.compile,
+        help="only the cases whose name this regex finds (e.g. 'npy|v2'; ratios need both sides)",
     )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bnaas-bench-http-"))
@@ -575,11 +573,9 @@ def main() -> None:
             f"{how}; {args.rounds} rounds x {args.seconds:g} s per case"
             f" ({args.large_seconds:g} s for bodies over 1 MiB), interleaved\n"
         )
-        cases = [
-            case
-            for case in _cases(bnaas, echo, baseline)
-            if not args.only or any(text in case.name for text in args.only)
-        ]
+        cases = _cases(bnaas, echo, baseline)
+        if args.cases is not None:
+            cases = [case for case in cases if args.cases.search(case.name)]
         results = measure_rounds(cases, load, args.seconds, args.rounds, args.large_seconds)
     finally:
         for server in servers:

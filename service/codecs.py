@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import sys
 import tokenize
 import zlib
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ MULTI_TYPES = (JSON, SAFETENSORS)
 
 Array = npt.NDArray[Any]
 _NPY_MAGIC = b"\x93NUMPY"
+_LITTLE = sys.byteorder == "little"
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -373,13 +375,23 @@ def decode_npy(body: bytes, dtype: str) -> Array:
 
 def encode_npy(arr: Array) -> bytes:
     """A C-order, little-endian ``.npy`` (v1.0) file of ``arr``, header padded to 64 bytes."""
-    arr = np.require(arr, dtype=arr.dtype.newbyteorder("<"), requirements="C")
+    return b"".join(npy_parts(arr))
+
+
+def npy_parts(arr: Array) -> tuple[bytes, memoryview]:
+    """``encode_npy(arr)`` in two parts: the header, and the data as a flat byte view of
+    ``arr`` itself when it is already C-order little-endian (else of a converted copy); an
+    answer can send them one after the other without copying the data into one body."""
+    order = arr.dtype.byteorder
+    if not (arr.flags.c_contiguous and (order == "<" or (order in "=|" and _LITTLE))):
+        arr = np.require(arr, dtype=arr.dtype.newbyteorder("<"), requirements="C")
     shape = ", ".join(str(d) for d in arr.shape) + ("," if arr.ndim == 1 else "")
-    text = f"{{'descr': '{arr.dtype.str}', 'fortran_order': False, 'shape': ({shape}), }}"
+    descr = arr.dtype.newbyteorder("<").str  # '<f4' whether the dtype says '<' or native '='
+    text = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': ({shape}), }}"
     pad = -(10 + len(text) + 1) % 64
     header = (text + " " * pad + "\n").encode("latin1")
-    data = arr.reshape(-1).data  # a flat view of the same bytes, whatever the rank
-    return b"".join((_NPY_MAGIC, b"\x01\x00", len(header).to_bytes(2, "little"), header, data))
+    head = b"".join((_NPY_MAGIC, b"\x01\x00", len(header).to_bytes(2, "little"), header))
+    return head, arr.reshape(-1).data.cast("B")  # a flat byte view, whatever the rank
 
 
 def decode_tensor(body: bytes, media: str, dtype: str) -> Array:

@@ -26,6 +26,7 @@ from service.codecs import (
     encode_npy,
     encode_safetensors,
     negotiate,
+    npy_parts,
     parse_json,
     tensor_json,
 )
@@ -47,7 +48,18 @@ from service.deps import (
 )
 from service.errors import MalformedBody
 from service.metrics import Metrics
-from service.routes.hot import Handler, HotRoute, hot, inline, query_bool, run
+from service.routes.hot import (
+    Answer,
+    Handler,
+    HotRoute,
+    fits_inline,
+    headers_of,
+    hot,
+    inline,
+    query_bool,
+    read_body,
+    run,
+)
 from service.routes.openapi import PROBLEMS, headers, multi_body, tensor_body, tensor_response
 from service.settings import Settings
 from service.stores.base import Idempotency, IfMatch, Replay, Session, Store, loop_safe
@@ -91,21 +103,36 @@ def _transform(
     answer = negotiate(body.accept, media, TENSOR_TYPES)
     session = store.read(session_id)
     x = decode_tensor(body.data, media, session.state.config.dtype)
-    y = bncore.transform(session.state, backend.asarray(x))
+    y = bncore.to_host(bncore.transform(session.state, backend.asarray(x)))
     metrics.observe_op("transform", x.size)
-    headers = {"ETag": etag(session.version), "Vary": "Accept"}
-    return to_response(_tensor_replay(answer, y, headers, {}))
+    if answer == NPY:
+        head, tail = npy_parts(y)  # the data goes out from y itself (service.routes.hot)
+    else:
+        head, tail = dumps(tensor_json(y)), None
+    size = len(head) + (0 if tail is None else len(tail))
+    headers = [
+        (b"etag", etag(session.version).encode()),
+        (b"vary", b"Accept"),
+        (b"content-length", b"%d" % size),
+        (b"content-type", _RAW_TYPES[answer]),
+    ]
+    return Answer(head, headers, tail=tail)
+
+
+_RAW_TYPES = {NPY: NPY.encode(), JSON: JSON.encode()}
 
 
 @hot(transform)
 async def transform_hot(request: Request, slow: Handler) -> Response:
     """``transform`` on the event loop for a small body, in the thread pool for a large one."""
-    body = await get_body(request)
-    store = await get_store(request)
     state = request.app.state
+    settings: Settings = state.settings
+    body = await read_body(request, headers_of(request), settings)
+    store = await get_store(request)
+    backend, metrics = state.backend, state.metrics
     sid: str = request.path_params["session_id"]
     return await run(
-        inline(request, body), lambda: _transform(sid, body, store, state.backend, state.metrics)
+        fits_inline(settings, body), lambda: _transform(sid, body, store, backend, metrics)
     )
 
 

@@ -16,15 +16,18 @@ SQLite's fsync (or Redis): it always runs in the thread pool, never on the loop.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
+from service.codecs import decompress
 from service.deps import Body
 from service.settings import Settings
 
@@ -54,8 +57,20 @@ class HotRoute(APIRoute):
     """An ``APIRoute`` answered by its ``@hot`` handler when one is registered."""
 
     def get_route_handler(self) -> Handler:
-        slow = super().get_route_handler()
+        fastapi_handler = super().get_route_handler()
         endpoint = self.endpoint
+
+        async def slow(request: Request) -> Response:
+            # Called by service.front, which opens none of the exit stacks FastAPI's handler
+            # asserts are there (no hot route has a dependency with yield or a form): opened
+            # here, only for a request that falls back to it.
+            scope = request.scope
+            if _STACKS[0] in scope:  # came down FastAPI's stack: they are open
+                return await fastapi_handler(request)
+            async with AsyncExitStack() as stack:
+                for key in _STACKS:
+                    scope[key] = stack
+                return await fastapi_handler(request)
 
         async def handler(request: Request) -> Response:
             # Looked up per request: the @hot handler is registered after the decorator ran.
@@ -65,9 +80,107 @@ class HotRoute(APIRoute):
         return handler
 
 
+_STACKS = ("fastapi_middleware_astack", "fastapi_inner_astack", "fastapi_function_astack")
+
+
+# The request headers the hot handlers read; ``headers_of`` finds them in one pass.
+_WANTED = frozenset(
+    {
+        b"content-type",
+        b"content-encoding",
+        b"accept",
+        b"idempotency-key",
+        b"if-match",
+        b"inference-header-content-length",
+    }
+)
+
+
+def headers_of(request: Request) -> dict[bytes, str]:
+    """The headers of ``_WANTED`` the request has, the first of each name (as Starlette's
+    ``Headers.get``), latin-1 decoded. One pass over the raw list: building Starlette's
+    ``Headers`` and looking names up in it cost ~4 us a request (issue 10)."""
+    found: dict[bytes, str] = {}
+    for name, value in request.scope["headers"]:
+        if name in _WANTED and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
+
+
+async def read_body(request: Request, headers: dict[bytes, str], settings: Settings) -> Body:
+    """``service.deps.get_body``'s answer (inflated within the same limits) with less
+    machinery: the ``receive`` messages are read here and a body that came in one message is
+    used as it is (Starlette's ``Request.body`` streams it through a generator and joins a
+    list of one). The body is left where ``Request.body`` finds it, for the helpers that read
+    it again (``get_idempotency``)."""
+    receive = request.receive
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request._body = raw  # Starlette's own cache: ``Request.body()`` returns it from now on
+    encoding = headers.get(b"content-encoding")
+    data = (
+        raw
+        if encoding is None
+        else decompress(raw, encoding, settings.max_body_bytes, settings.max_inflate_ratio)
+    )
+    return Body(data, headers.get(b"content-type"), headers.get(b"accept"))
+
+
+# Below this, a tensor is copied after its header into one body (one write to the socket);
+# above it, the copy costs more than a second message (a 4 MiB copy: ~0.5-1 ms).
+SPLIT_BYTES = 64 * 1024
+
+
+class Answer(Response):
+    """A ``Response`` whose raw header list the handler wrote itself (lower-case names,
+    ``content-length`` and ``content-type`` included): ``Response.__init__`` encodes and
+    searches a header dict on every call (~3 us for a small answer).
+
+    With a ``tail`` (a flat byte view of a tensor, ``content-length`` counting it), a large
+    one is sent as a second body message instead of being copied after ``body``; ``body``
+    then holds only the part before it."""
+
+    def __init__(
+        self,
+        body: bytes,
+        raw_headers: list[tuple[bytes, bytes]],
+        status: int = 200,
+        tail: memoryview | None = None,
+    ) -> None:
+        self.status_code = status
+        self.background = None
+        self.raw_headers = raw_headers
+        self.tail = tail if tail is not None and len(tail) >= SPLIT_BYTES else None
+        self.body = body if tail is None or self.tail is not None else body + tail
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tail = self.tail
+        if tail is None:
+            await super().__call__(scope, receive, send)
+            return
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": True})
+        await send({"type": "http.response.body", "body": tail})
+
+
 def inline(request: Request, body: Body) -> bool:
     """Whether ``body`` is small enough to be decoded and computed on the event loop."""
-    settings: Settings = request.app.state.settings
+    return fits_inline(request.app.state.settings, body)
+
+
+def fits_inline(settings: Settings, body: Body) -> bool:
+    """``inline`` for a handler that holds the settings already."""
     return len(body.data) <= settings.inline_max_bytes
 
 

@@ -22,17 +22,35 @@ from service.deps import (
     MetricsDep,
     RawStoreDep,
     StoreDep,
-    get_body,
     get_idempotency,
     get_store,
 )
 from service.errors import ServiceError, StoreUnavailable
 from service.metrics import Metrics
 from service.routes.compute import observe_fit
-from service.routes.hot import Handler, HotRoute, hot, inline, run
+from service.routes.hot import (
+    Answer,
+    Handler,
+    HotRoute,
+    fits_inline,
+    headers_of,
+    hot,
+    read_body,
+    run,
+)
 from service.routes.openapi import headers
+from service.settings import Settings
 from service.stores.base import Idempotency, Replay, Session, Store, loop_safe
-from service.v2codec import INPUT, OUTPUT, InferRequest, datatype, decode_infer, encode_infer
+from service.v2codec import (
+    INPUT,
+    OCTET,
+    OUTPUT,
+    InferRequest,
+    datatype,
+    decode_infer,
+    encode_infer,
+    encode_infer_parts,
+)
 from service.views import json_replay, to_response
 
 router = APIRouter(prefix="/v2", tags=["v2"], route_class=HotRoute)
@@ -141,13 +159,15 @@ def infer(
 def _decode(
     session_id: str, request: Request, body: Body, store: Store
 ) -> tuple[Session, InferRequest]:
+    length = request.headers.get("inference-header-content-length")
+    return _decode_with(session_id, length, body, store)
+
+
+def _decode_with(
+    session_id: str, header_length: str | None, body: Body, store: Store
+) -> tuple[Session, InferRequest]:
     session = store.read(session_id)
-    req = decode_infer(
-        body.data,
-        request.headers.get("inference-header-content-length"),
-        session.state.config.dtype,
-    )
-    return session, req
+    return session, decode_infer(body.data, header_length, session.state.config.dtype)
 
 
 def _transform(
@@ -185,28 +205,50 @@ def _fit_answer(
 
 @hot(infer)
 async def infer_hot(request: Request, slow: Handler) -> Response:
-    """``infer`` on the event loop for a small body (in the thread pool for a large one); a
-    small fit awaits its commit on the loop when the store is ``loop_safe``."""
-    sid: str = request.path_params["session_id"]
-    body = await get_body(request)
+    """``infer`` on the event loop for a small body (in the thread pool for a large one, with
+    one hop for decode and transform); a small fit awaits its commit on the loop when the
+    store is ``loop_safe``."""
+    params = request.path_params
+    sid: str = params["session_id"]
+    state = request.app.state  # each attribute read once: State.__getattr__ is Python code
+    settings: Settings = state.settings
+    heads = headers_of(request)
+    body = await read_body(request, heads, settings)
     store = await get_store(request)
-    idem = await get_idempotency(request)
-    _check_version(sid, request.path_params.get("version"))
-    state = request.app.state
+    idem = await get_idempotency(request) if b"idempotency-key" in heads else None
+    _check_version(sid, params.get("version"))
     backend: Backend = state.backend
     metrics: Metrics = state.metrics
+    length = heads.get(b"inference-header-content-length")
+    small = fits_inline(settings, body)
+
+    def work() -> Response | tuple[Session, InferRequest]:
+        decoded = _decode_with(sid, length, body, store)
+        if decoded[1].mode == "transform":
+            return _transform(sid, decoded, backend, metrics)
+        return decoded  # a fit: committed below
+
+    done = await run(small, work)
+    if isinstance(done, Response):
+        return done
     commits: Commits = state.commits
-    small = inline(request, body)
-    decoded = await run(small, lambda: _decode(sid, request, body, store))
-    if decoded[1].mode == "transform":
-        return await run(small, lambda: _transform(sid, decoded, backend, metrics))
     if small and loop_safe(store):
-        session, req = decoded
+        session, req = done
         out = await commits.fit_async(store, session, backend.asarray(req.x), idem=idem)
         return _fit_answer(sid, session, req, out, metrics)
-    return await run_in_threadpool(_fit, sid, decoded, store, commits, backend, idem, metrics)
+    return await run_in_threadpool(_fit, sid, done, store, commits, backend, idem, metrics)
+
+
+_OCTET_RAW = (b"content-type", OCTET.encode())
+_JSON_RAW = (b"content-type", b"application/json")
 
 
 def _answer(model: str, req: InferRequest, y: Any, params: dict[str, Any]) -> Response:
-    data, headers, media = encode_infer(model, req, bncore.to_host(y), params)
-    return Response(data, 200, headers=headers, media_type=media)
+    head, tail, headers, media = encode_infer_parts(model, req, bncore.to_host(y), params)
+    size = len(head) + (0 if tail is None else len(tail))
+    length = (b"content-length", b"%d" % size)
+    if media == OCTET:
+        json_length = headers["Inference-Header-Content-Length"].encode()
+        raw = [(b"inference-header-content-length", json_length), length, _OCTET_RAW]
+        return Answer(head, raw, tail=tail)  # a large tensor is sent from y itself
+    return Answer(head, [length, _JSON_RAW])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -317,6 +318,76 @@ def test_v2_decoder_returns_the_session_dtype_or_a_4xx(
 ) -> None:
     body, length = req
     check(lambda: v2codec.decode_infer(body, length, dtype), dtype)
+
+
+def _outcome(body: bytes, length: str | None, dtype: str) -> tuple[Any, ...]:
+    try:
+        r = v2codec.decode_infer(body, length, dtype)
+    except Exception as exc:
+        if not is_4xx(exc):
+            raise
+        return ("refused", type(exc), str(exc))
+    return (r.id, r.mode, r.binary_output, r.x.dtype, r.x.shape, r.x.tobytes())
+
+
+@st.composite
+def v2_binary_requests(draw: st.DrawFn) -> tuple[bytes, str | None]:
+    """Binary V2 requests, mostly well-formed (the sizes agree), some a byte off."""
+    name = draw(st.sampled_from(["FP32", "FP64", "FP16", "BF16", "INT32"]))
+    shape = draw(st.lists(st.integers(0, 5), min_size=1, max_size=3))
+    size = math.prod(shape) * v2codec.DATATYPES[name].itemsize
+    spec = {
+        "name": "INPUT",
+        "datatype": name,
+        "shape": shape,
+        "parameters": {"binary_data_size": size + draw(st.sampled_from([0, 0, 0, 1]))},
+    }
+    doc: dict[str, Any] = {"inputs": [spec]}
+    doc.update(
+        draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "id": st.sampled_from(["a", 3]),
+                    "parameters": st.sampled_from(
+                        [{"mode": "fit"}, {"binary_data_output": True}, {"sequence_id": 1}]
+                    ),
+                    "outputs": st.just([{"name": "OUTPUT", "parameters": {"binary_data": True}}]),
+                },
+            )
+        )
+    )
+    head = json.dumps(doc).encode()
+    raw = draw(st.binary(min_size=size, max_size=size + draw(st.sampled_from([0, 0, 0, 1]))))
+    return head + raw, str(len(head))
+
+
+@given(v2_binary_requests(), DTYPES, st.sampled_from(["", "0" * 18, " "]))
+def test_v2_decoder_answers_a_header_seen_before_as_the_first_time(
+    req: tuple[bytes, str | None], dtype: str, pad: str
+) -> None:
+    """decode_infer keeps what it checked of a binary request's JSON header: a request with
+    the same header, its length written otherwise or a body a byte longer or shorter is
+    answered as it would be the first time."""
+    body, length = req
+    assert length is not None
+    v2codec._PLANS.clear()
+    first = _outcome(body, length, dtype)
+    fresh = {
+        other: _outcome(b, n, dtype)
+        for other in range(3)
+        for b, n in [_variant(body, length, pad, other)]
+    }
+    v2codec._PLANS.clear()
+    _outcome(body, length, dtype)  # seen now (kept when it decoded)
+    assert _outcome(body, length, dtype) == first
+    for other in range(3):
+        b, n = _variant(body, length, pad, other)
+        assert _outcome(b, n, dtype) == fresh[other]
+
+
+def _variant(body: bytes, length: str, pad: str, which: int) -> tuple[bytes, str]:
+    return [(body, pad + length), (body + b"\0", length), (body[:-1], length)][which]
 
 
 # --- Content-Encoding -----------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_transform_both_ways_equals_fastapi_handler(
             f"/v1/sessions/{sid}/transform", content=npy(x), headers={"content-type": NPY}
         )
         fast_v2 = c.post(f"/v2/models/{sid}/infer", content=_infer_body(x))
-        assert hops == ([] if x is SMALL else ["<lambda>"] * 3)  # transform; infer's two steps
+        assert hops == ([] if x is SMALL else ["<lambda>", "work"])  # transform; infer: one hop
         monkeypatch.setattr(hot, "ENABLED", False)
         slow = c.post(
             f"/v1/sessions/{sid}/transform", content=npy(x), headers={"content-type": NPY}
@@ -93,7 +93,7 @@ def test_fit_both_ways_is_durable(x: np.ndarray[Any, Any], hops: list[str], tmp_
         assert v.status_code == 200, v.text
     # A small fit needs no hop, on /v1 or /v2 (its group commit runs in another thread while
     # the loop awaits it); a large one hops once for the whole.
-    assert hops == ([] if x is SMALL else ["work", "<lambda>", "_fit"])
+    assert hops == ([] if x is SMALL else ["work", "work", "_fit"])
     with _app(db) as c:
         stats = state_of(c, sid)
     assert stats["num_batches_tracked"] == 2
@@ -175,3 +175,47 @@ def test_loop_free_during_a_small_fit_commit(
     with _app(tmp_path / "bn.db") as c:
         sid = create(c)
         _loop_answers_while_in_flight(c, f"/v1/sessions/{sid}/fit", npy(SMALL), entered, release)
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f8"])
+def test_large_answers_sent_from_the_tensor_equal_fastapi_handler(
+    dtype: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above ``SPLIT_BYTES`` the tensor goes out as a second body message, from the output
+    array itself: the bytes on the wire are those of the one-body answer."""
+    x = np.random.default_rng(2).normal(size=(32768, 3)).astype(dtype)  # 384 or 768 KiB
+    assert x.nbytes > hot.SPLIT_BYTES
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "INPUT",
+                    "shape": list(x.shape),
+                    "datatype": "FP32" if x.dtype.itemsize == 4 else "FP64",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    raw = x.astype(x.dtype.newbyteorder("<")).tobytes()
+    v2_headers = {"inference-header-content-length": str(len(head))}
+    answers = []
+    with _app(tmp_path / "bn.db") as c:
+        sid = create(c)
+        c.post(f"/v1/sessions/{sid}/fit", content=npy(BIG), headers={"content-type": NPY})
+        for enabled in (True, False):
+            monkeypatch.setattr(hot, "ENABLED", enabled)
+            t = c.post(
+                f"/v1/sessions/{sid}/transform", content=npy(x), headers={"content-type": NPY}
+            )
+            v = c.post(f"/v2/models/{sid}/infer", content=head + raw, headers=v2_headers)
+            assert t.status_code == v.status_code == 200, (t.text, v.text)
+            assert int(t.headers["content-length"]) == len(t.content)
+            assert int(v.headers["content-length"]) == len(v.content)
+            answers.append((t.content, v.content))
+    assert answers[0] == answers[1]
+    y = from_npy(answers[0][0])
+    assert y.dtype == np.float32 and y.shape == x.shape  # the session's dtype
+    json_end = int(len(answers[0][1]) - y.nbytes)
+    np.testing.assert_array_equal(np.frombuffer(answers[0][1], "<f4", offset=json_end), y.ravel())
