@@ -41,7 +41,6 @@ from service.deps import (
     MetricsDep,
     SettingsDep,
     StoreDep,
-    get_body,
     get_idempotency,
     get_store,
     parse_if_match,
@@ -55,7 +54,6 @@ from service.routes.hot import (
     fits_inline,
     headers_of,
     hot,
-    inline,
     query_bool,
     read_body,
     run,
@@ -217,15 +215,17 @@ async def fit_hot(request: Request, slow: Handler) -> Response:
     output = query_bool(request, "output", True)
     if output is None:
         return await slow(request)  # FastAPI's 422 for a value it cannot read
-    body = await get_body(request)
-    if_match = parse_if_match(request.headers.get("if-match"))
-    idem = await get_idempotency(request)
-    store = await get_store(request)
     state = request.app.state
-    fit = _Fit(request.path_params["session_id"], body, store, state.settings, output)
+    settings: Settings = state.settings
+    heads = headers_of(request)
+    body = await read_body(request, heads, settings)
+    if_match = parse_if_match(heads.get(b"if-match"))
+    idem = await get_idempotency(request) if b"idempotency-key" in heads else None
+    store = await get_store(request)
+    fit = _Fit(request.path_params["session_id"], body, store, settings, output)
     commits: Commits = state.commits
     metrics: Metrics = state.metrics
-    if inline(request, body):
+    if fits_inline(settings, body):
         decoded = fit.decode(state.backend, commits)
         if loop_safe(store):  # waiting for the commit yields to the loop: no thread hop
             session, x = decoded

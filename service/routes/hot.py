@@ -174,13 +174,8 @@ class Answer(Response):
         await send({"type": "http.response.body", "body": tail})
 
 
-def inline(request: Request, body: Body) -> bool:
-    """Whether ``body`` is small enough to be decoded and computed on the event loop."""
-    return fits_inline(request.app.state.settings, body)
-
-
 def fits_inline(settings: Settings, body: Body) -> bool:
-    """``inline`` for a handler that holds the settings already."""
+    """Whether ``body`` is small enough to be decoded and computed on the event loop."""
     return len(body.data) <= settings.inline_max_bytes
 
 
