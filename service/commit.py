@@ -44,6 +44,7 @@ from service.stores.base import (
     check_version,
     create_scope,
     lease_for_commit,
+    read_cached,
     submit_commit,
     version_matches,
 )
@@ -254,8 +255,7 @@ class Commits:
         latest = self._flights.latest(session_id)
         if latest is not None and latest.owner == getattr(store, "owner", latest.owner):
             return latest
-        cached = getattr(store, "read_cached", None)
-        found: Session | None = None if cached is None else cached(session_id)
+        found = read_cached(store, session_id)
         return found if found is not None else store.read(session_id)
 
     def _replay(self, receipt: Receipt, idem: Idempotency) -> Receipt:
@@ -353,8 +353,8 @@ class Commits:
                 return self._replay(out.receipt, idem)
             self.events.observe_commit("conflict")
             self.events.observe_retry()
-            met = getattr(out, "session", None)  # the stored session, sent along (Redis)
-            if not isinstance(met, Session):
+            met = out.session  # the stored session, when the store sent it along (Redis)
+            if met is None:
                 # Another process committed: spread the retries of racing replicas apart.
                 # (Not after a conflict that brought the session: sleeping would make it
                 # stale, and the next attempt conflict again; racing writers take turns

@@ -155,9 +155,12 @@ class Committed:
 
 @dataclass(frozen=True)
 class Conflict:
-    """The session is no longer at the expected version (another writer moved it)."""
+    """The session is no longer at the expected version (another writer moved it). A store
+    that reads the stored session in the same call (Redis) sends it along: the commit loop
+    combines again on it instead of reading it back."""
 
     version: int  # the version found
+    session: Session | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,15 @@ def lease_for_commit(store: Store, session_id: str, current: Session) -> Session
     if lease is None:
         return None
     found: Session | None = lease(session_id, current)
+    return found
+
+
+def read_cached(store: Store, session_id: str, owner: str | None = None) -> Session | None:
+    """The newest copy of the session the store keeps in this process, with no I/O (None when
+    it has none, or none of ``owner``; always None for stores without a ``read_cached``
+    method). Only for a caller whose commit checks the version: a copy may be stale."""
+    cached = getattr(store, "read_cached", None)
+    found: Session | None = None if cached is None else cached(session_id, owner)
     return found
 
 

@@ -22,6 +22,7 @@ from service.stores.base import (
     create_scope,
     lease_for_commit,
     loop_safe,
+    read_cached,
     submit_commit,
 )
 
@@ -72,9 +73,7 @@ class OwnedStore:
         )
 
     def read_cached(self, session_id: str, owner: str | None = None) -> Session | None:
-        cached = getattr(self.inner, "read_cached", None)
-        found: Session | None = None if cached is None else cached(session_id, self.owner)
-        return found
+        return read_cached(self.inner, session_id, self.owner)
 
     def lease_for_commit(self, session_id: str, current: Session) -> Session | None:
         return lease_for_commit(self.inner, session_id, current)

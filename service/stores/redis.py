@@ -21,7 +21,6 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from importlib.resources import files
 from types import ModuleType
@@ -100,14 +99,6 @@ def _text(value: bytes | None) -> str | None:
 
 def _owner_args(owner: str | None) -> list[str]:
     return ["0", ""] if owner is None else ["1", owner]
-
-
-@dataclass(frozen=True)
-class Moved(Conflict):
-    """A conflict with the stored session it met (the commit function sends it along): the
-    commit loop combines again on it instead of reading it back (one round trip less)."""
-
-    session: Session | None = None
 
 
 class RedisStore:
@@ -241,8 +232,9 @@ class RedisStore:
     def read_cached(self, session_id: str, owner: str | None = None) -> Session | None:
         """The newest session this process decoded, with no round trip (None when it has
         none, or ``owner`` differs: owners never change). Only for a caller whose commit
-        checks the version (the commit loop): a stale copy costs a conflict, which sends the
-        stored session along (``Moved``), so a fit is one call when the copy is current."""
+        checks the version (the commit loop): a stale copy costs a conflict, which sends
+        the stored session along (``Conflict.session``): a fit is one call when the copy is
+        current."""
         cached = self._cache.get(session_id)
         if cached is None or (owner is not None and cached.owner != owner):
             return None
@@ -328,7 +320,7 @@ class RedisStore:
         self._turns.observe(session_id, waited or outcome == b"conflict")
         if outcome == b"conflict":
             if len(reply) > 2 and reply[6] is not None:  # the stored session came along
-                return Moved(int(reply[1]), self._session(session_id, reply[1:]))
+                return Conflict(int(reply[1]), self._session(session_id, reply[1:]))
             return Conflict(int(reply[1]))
         version, updated, owner, name, created = reply[1:]
         session = Session(

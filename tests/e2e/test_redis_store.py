@@ -22,6 +22,7 @@ from service.stores import open_store
 from service.stores import redis as redis_store
 from service.stores.base import (
     Committed,
+    Conflict,
     Duplicate,
     HistoryEntry,
     HistoryPolicy,
@@ -30,7 +31,7 @@ from service.stores.base import (
     StoreOptions,
     create_scope,
 )
-from service.stores.redis import Moved, RedisStore, receipt_key, session_keys
+from service.stores.redis import RedisStore, receipt_key, session_keys
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -113,7 +114,7 @@ def test_a_resent_commit_is_applied_once(
     assert again.session.version == 2
     monkeypatch.setattr(redis_store.secrets, "token_hex", lambda n: "another-call")
     moved = store.commit("s1", 1, state)
-    assert isinstance(moved, Moved) and moved.version == 2
+    assert isinstance(moved, Conflict) and moved.version == 2 and moved.session is not None
     assert store.read("s1").state.num_batches_tracked == 1
 
 
@@ -130,7 +131,7 @@ def test_a_conflict_brings_the_stored_session(
     calls = _fcalls(redis_server)
     moved = store.commit("s1", 1, fitted(first))
     assert _fcalls(redis_server) == calls + 1
-    assert isinstance(moved, Moved) and moved.session is not None
+    assert isinstance(moved, Conflict) and moved.session is not None
     stored = other.read("s1")
     assert moved.session.version == stored.version == 2
     assert np.array_equal(moved.session.state.running_mean, stored.state.running_mean)

@@ -171,7 +171,7 @@ def test_commit_at_a_stale_version_is_a_conflict_and_changes_nothing(store: Stor
     store.create(new_session())
     store.commit("s1", 1, fitted(store.read("s1").state))
     out = store.commit("s1", 1, fitted(store.read("s1").state), receipt=receipt())
-    assert isinstance(out, Conflict) and out.version == 2  # Redis: a Moved, with the session
+    assert isinstance(out, Conflict) and out.version == 2  # Redis: with the session
     assert store.read("s1").version == 2
     assert store.receipt("s1", "k") is None
 
