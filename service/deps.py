@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from bncore import Backend
 from service.codecs import decompress
@@ -92,17 +94,70 @@ class Body:
 
 
 async def get_body(request: Request) -> Body:
-    """The body, read only now (after the key check in ``service.front``), inflated within
-    ``BNAAS_MAX_BODY_BYTES`` and ``BNAAS_MAX_INFLATE_RATIO``."""
+    """``read_body`` as a dependency."""
     settings: Settings = request.app.state.settings
-    raw = await request.body()
-    data = decompress(
-        raw,
-        request.headers.get("content-encoding"),
-        settings.max_body_bytes,
-        settings.max_inflate_ratio,
+    return await read_body(request, headers_of(request), settings)
+
+
+# The request headers the routes read (body, negotiation, If-Match, Idempotency-Key, V2);
+# ``headers_of`` finds them in one pass.
+_WANTED = frozenset(
+    {
+        b"content-type",
+        b"content-encoding",
+        b"accept",
+        b"idempotency-key",
+        b"if-match",
+        b"inference-header-content-length",
+    }
+)
+
+
+def headers_of(request: Request) -> dict[bytes, str]:
+    """The headers of ``_WANTED`` the request has, the first of each name (as Starlette's
+    ``Headers.get``), latin-1 decoded. One pass over the raw list: building Starlette's
+    ``Headers`` and looking names up in it cost ~4 us a request (issue 10)."""
+    found: dict[bytes, str] = {}
+    for name, value in request.scope["headers"]:
+        if name in _WANTED and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
+
+
+async def read_body(request: Request, headers: dict[bytes, str], settings: Settings) -> Body:
+    """The body, read only now (after the key check in ``service.front``), inflated within
+    ``BNAAS_MAX_BODY_BYTES`` and ``BNAAS_MAX_INFLATE_RATIO``; ``headers`` from ``headers_of``.
+
+    The ``receive`` messages are read here and a body that came in one message is used as it
+    is (Starlette's ``Request.body`` streams it through a generator and joins a list of one).
+    The body is left where ``Request.body`` finds it, for the helpers that read it again
+    (``get_idempotency``), and taken from there when one of them read it first."""
+    raw: bytes | None = getattr(request, "_body", None)
+    if raw is None:
+        raw = await _receive_body(request.receive)
+        request._body = raw  # Starlette's own cache: ``Request.body()`` returns it from now on
+    encoding = headers.get(b"content-encoding")
+    data = (
+        raw
+        if encoding is None
+        else decompress(raw, encoding, settings.max_body_bytes, settings.max_inflate_ratio)
     )
-    return Body(data, request.headers.get("content-type"), request.headers.get("accept"))
+    return Body(data, headers.get(b"content-type"), headers.get(b"accept"))
+
+
+async def _receive_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 BodyDep = Annotated[Body, Depends(get_body)]

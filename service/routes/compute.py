@@ -43,7 +43,9 @@ from service.deps import (
     StoreDep,
     get_idempotency,
     get_store,
+    headers_of,
     parse_if_match,
+    read_body,
 )
 from service.errors import MalformedBody
 from service.metrics import Metrics
@@ -52,10 +54,8 @@ from service.routes.hot import (
     Handler,
     HotRoute,
     fits_inline,
-    headers_of,
     hot,
     query_bool,
-    read_body,
     run,
 )
 from service.routes.openapi import PROBLEMS, headers, multi_body, tensor_body, tensor_response

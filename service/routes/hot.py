@@ -22,12 +22,11 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.codecs import decompress
 from service.deps import Body
 from service.settings import Settings
 
@@ -81,59 +80,6 @@ class HotRoute(APIRoute):
 
 
 _STACKS = ("fastapi_middleware_astack", "fastapi_inner_astack", "fastapi_function_astack")
-
-
-# The request headers the hot handlers read; ``headers_of`` finds them in one pass.
-_WANTED = frozenset(
-    {
-        b"content-type",
-        b"content-encoding",
-        b"accept",
-        b"idempotency-key",
-        b"if-match",
-        b"inference-header-content-length",
-    }
-)
-
-
-def headers_of(request: Request) -> dict[bytes, str]:
-    """The headers of ``_WANTED`` the request has, the first of each name (as Starlette's
-    ``Headers.get``), latin-1 decoded. One pass over the raw list: building Starlette's
-    ``Headers`` and looking names up in it cost ~4 us a request (issue 10)."""
-    found: dict[bytes, str] = {}
-    for name, value in request.scope["headers"]:
-        if name in _WANTED and name not in found:
-            found[name] = value.decode("latin-1")
-    return found
-
-
-async def read_body(request: Request, headers: dict[bytes, str], settings: Settings) -> Body:
-    """``service.deps.get_body``'s answer (inflated within the same limits) with less
-    machinery: the ``receive`` messages are read here and a body that came in one message is
-    used as it is (Starlette's ``Request.body`` streams it through a generator and joins a
-    list of one). The body is left where ``Request.body`` finds it, for the helpers that read
-    it again (``get_idempotency``)."""
-    receive = request.receive
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.request":
-            chunk = message.get("body", b"")
-            if chunk:
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        elif message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    request._body = raw  # Starlette's own cache: ``Request.body()`` returns it from now on
-    encoding = headers.get(b"content-encoding")
-    data = (
-        raw
-        if encoding is None
-        else decompress(raw, encoding, settings.max_body_bytes, settings.max_inflate_ratio)
-    )
-    return Body(data, headers.get(b"content-type"), headers.get(b"accept"))
 
 
 # Below this, a tensor is copied after its header into one body (one write to the socket);

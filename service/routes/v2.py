@@ -24,6 +24,8 @@ from service.deps import (
     StoreDep,
     get_idempotency,
     get_store,
+    headers_of,
+    read_body,
 )
 from service.errors import ServiceError, StoreUnavailable
 from service.metrics import Metrics
@@ -33,9 +35,7 @@ from service.routes.hot import (
     Handler,
     HotRoute,
     fits_inline,
-    headers_of,
     hot,
-    read_body,
     run,
 )
 from service.routes.openapi import headers
