@@ -14,6 +14,15 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Arrays this big release the GIL while they compute; smaller ones keep it: a release and
+ * reacquire costs more than it frees, and while another thread runs Python (the store's
+ * writer) each release hands it the GIL, so the caller then waits for its turn back. */
+#define RELEASE_GIL_ELEMS 65536
+#define GIL_RELEASE(elems) \
+    PyThreadState *gil_state_ = (elems) >= RELEASE_GIL_ELEMS ? PyEval_SaveThread() : NULL
+#define GIL_ACQUIRE() \
+    if (gil_state_ != NULL) PyEval_RestoreThread(gil_state_)
+
 typedef struct {
     Py_buffer view;
     int is_double;
@@ -189,10 +198,10 @@ static PyObject *moments(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto fail_sv;
     }
-    Py_BEGIN_ALLOW_THREADS
+    GIL_RELEASE((row1 - row0) * c * b);
     if (in.is_double) moments_f64(in.view.buf, c, b, row0, row1, mean, m2, scratch, scratch + c);
     else moments_f32(in.view.buf, c, b, row0, row1, mean, m2, scratch, scratch + c);
-    Py_END_ALLOW_THREADS
+    GIL_ACQUIRE();
     PyMem_RawFree(scratch);
     int finite = 1; /* M2 is NaN or Inf exactly when a value of its channel is */
     for (Py_ssize_t j = 0; j < c; j++) finite &= isfinite(m2[j]) != 0;
@@ -368,9 +377,9 @@ static PyObject *affine(PyObject *self, PyObject *args) {
     if (get_doubles(so, &sv, c, 0) < 0) goto fail_mv;
     if (get_doubles(to, &tv, c, 0) < 0) goto fail_sv;
     const double *center = mv.buf, *scale = sv.buf, *offset = tv.buf;
-    Py_BEGIN_ALLOW_THREADS
+    GIL_RELEASE((row1 - row0) * c * b);
     finite = affine_backwards(&in, &out, c, b, row0, row1, center, scale, offset);
-    Py_END_ALLOW_THREADS
+    GIL_ACQUIRE();
     PyBuffer_Release(&tv);
     PyBuffer_Release(&sv);
     PyBuffer_Release(&mv);
@@ -458,9 +467,9 @@ static PyObject *moments_mt(PyObject *self, PyObject *args) {
     if (get_doubles(mo, &mv, c, 1) < 0) goto fail_in;
     if (get_doubles(so, &sv, c, 1) < 0) goto fail_mv;
     double *mean = (double *)mv.buf, *m2 = (double *)sv.buf;
-    Py_BEGIN_ALLOW_THREADS
+    GIL_RELEASE(a * c * b);
     rc = moments_rows(&in, a, c, b, nt, mean, m2);
-    Py_END_ALLOW_THREADS
+    GIL_ACQUIRE();
     res = rc < 0 ? PyErr_NoMemory() : PyBool_FromLong(all_finite(m2, c));
     PyBuffer_Release(&sv);
 fail_mv:
@@ -485,9 +494,9 @@ static PyObject *stats(PyObject *self, PyObject *args) {
     if (check_shape(&in, a, c, b, 0, a) < 0) goto fail_in;
     if (get_doubles(oo, &ov, 3 * c, 1) < 0) goto fail_in;
     double *cnt = ov.buf, *mean = cnt + c, *m2 = mean + c;
-    Py_BEGIN_ALLOW_THREADS
+    GIL_RELEASE(a * c * b);
     rc = moments_rows(&in, a, c, b, nt, mean, m2);
-    Py_END_ALLOW_THREADS
+    GIL_ACQUIRE();
     for (Py_ssize_t j = 0; j < c; j++) cnt[j] = (double)(a * b);
     res = rc < 0 ? PyErr_NoMemory() : PyBool_FromLong(all_finite(m2, c));
     PyBuffer_Release(&ov);
@@ -554,9 +563,9 @@ static PyObject *affine_mt(PyObject *self, PyObject *args) {
     if (get_doubles(mo, &mv, c, 0) < 0) goto fail_out;
     if (get_doubles(so, &sv, c, 0) < 0) goto fail_mv;
     if (get_doubles(to, &tv, c, 0) < 0) goto fail_sv;
-    Py_BEGIN_ALLOW_THREADS
+    GIL_RELEASE(a * c * b);
     finite = affine_rows(&in, &out, a, c, b, nt, mv.buf, sv.buf, tv.buf);
-    Py_END_ALLOW_THREADS
+    GIL_ACQUIRE();
     res = PyBool_FromLong(finite);
     PyBuffer_Release(&tv);
 fail_sv:
@@ -744,10 +753,6 @@ fail:
     return NULL;
 }
 
-/* Arrays this big release the GIL while they compute; smaller ones keep it (a release and
- * reacquire costs more than it frees). */
-#define RELEASE_GIL_ELEMS 65536
-
 /* A whole train-mode step in one call (the per-call cost of some thirty NumPy operations on
  * (C,) vectors dominates small fits): moments, the output (when y is not None), the running
  * EMA and the population merge, on nthreads threads. out is one (6, c) float64 block: the
@@ -803,7 +808,7 @@ static PyObject *fit_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
             PyErr_NoMemory();
             goto fail;
         }
-        PyThreadState *ts = a * c * b >= RELEASE_GIL_ELEMS ? PyEval_SaveThread() : NULL;
+        GIL_RELEASE(a * c * b);
         rc = moments_rows(&in, a, c, b, (int)nt, mean, m2);
         const double n = (double)(a * b);
         for (Py_ssize_t j = 0; j < c; j++) {
@@ -818,7 +823,7 @@ static PyObject *fit_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
             }
             affine_rows(&in, &out, a, c, b, (int)nt, mean, scale, offset);
         }
-        if (ts != NULL) PyEval_RestoreThread(ts);
+        GIL_ACQUIRE();
         PyMem_RawFree(scratch);
         if (rc < 0) {
             PyErr_NoMemory();
@@ -873,9 +878,9 @@ static PyObject *normalize(PyObject *self, PyObject *args) {
             scale[j] = bn_scale(m2[j] / cnt[j], eps, &w, j);
             offset[j] = bb.view.buf != NULL ? at(&bb, j) : 0.0;
         }
-        PyThreadState *ts = a * c * b >= RELEASE_GIL_ELEMS ? PyEval_SaveThread() : NULL;
+        GIL_RELEASE(a * c * b);
         finite = affine_rows(&in, &out, a, c, b, nt, mean, scale, offset);
-        if (ts != NULL) PyEval_RestoreThread(ts);
+        GIL_ACQUIRE();
         PyMem_RawFree(scratch);
     }
 fail:
