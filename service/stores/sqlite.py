@@ -72,8 +72,10 @@ class SQLiteStore:
         self._pool_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None  # used by the group's leader only
         self._group: GroupCommit[sqlite3.Connection] = GroupCommit(
-            self._run, timeout_s=opts.timeout_s + 1.0
+            self._stage, self._commit_staged, timeout_s=opts.timeout_s + 1.0
         )
+        self._staged: list[Write[sqlite3.Connection]] = []  # between the group's two steps
+        self._appended: dict[str, int] = {}  # sessions given history in the staging batch
         self._fault: str | None = None  # the last write failure, until a write succeeds
         self._wrote = False  # a write succeeded since this process opened the store
         self._ready = False  # schema checked (and migrated) by this process
@@ -177,37 +179,78 @@ class SQLiteStore:
             self._ensure()
         return self._group.submit(fn)
 
-    def _run(self, batch: list[Write[sqlite3.Connection]]) -> None:
-        """One transaction for the whole batch; each write in its own savepoint, so a write
-        that fails with a domain error (not found, If-Match) is undone alone."""
+    def _stage(self, batch: list[Write[sqlite3.Connection]], wait: bool) -> bool:
+        """One transaction for the whole batch (``GroupCommit``'s first step); each write in
+        its own savepoint, so a write that fails with a domain error (not found, If-Match) is
+        undone alone. With ``wait`` False (on the event loop) a write lock held by another
+        process is not waited for: False, and the batch goes to a thread that may wait."""
         try:
             if self._writer is None:
                 self._writer = self._connect()
+                self._writer.execute("PRAGMA busy_timeout = 0")  # waits are ``_begin``'s
             db = self._writer
-            db.execute("BEGIN IMMEDIATE")
-            outcomes: list[tuple[Any, BaseException | None]] = []
+            if not self._begin(db, wait):
+                return False
             for w in batch:
-                db.execute("SAVEPOINT w")
+                alone = not w.checks_first  # else nothing to undo when it fails
+                if alone:
+                    db.execute("SAVEPOINT w")
                 try:
-                    outcomes.append((w.fn(db), None))
+                    w.result, w.error = w.fn(db), None
                 except sqlite3.Error:
                     raise
                 except Exception as exc:
-                    db.execute("ROLLBACK TO w")
-                    outcomes.append((None, exc))
-                db.execute("RELEASE w")
+                    if alone:
+                        db.execute("ROLLBACK TO w")
+                    w.result, w.error = None, exc
+                if alone:
+                    db.execute("RELEASE w")
+            for sid, num_features in self._appended.items():
+                self._trim(db, sid, num_features)
             if self._ready:
                 self._expire(db)
-            db.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._fault = str(exc)
-            self._reset_writer()
-            raise self._unavailable(exc) from None
+            raise self._failed(exc) from None
+        finally:
+            self._appended.clear()
+        self._staged = batch
+        return True
+
+    def _begin(self, db: sqlite3.Connection, wait: bool) -> bool:
+        """``BEGIN IMMEDIATE``, retried while another process holds the write lock (up to
+        the store's timeout when ``wait``, else not at all)."""
+        deadline, pause = time.monotonic() + self._timeout_s, 0.0005
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return True
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                if not wait:
+                    return False
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+
+    def _commit_staged(self) -> None:
+        """Make the staged batch durable (``GroupCommit``'s second step: the fsync)."""
+        batch, self._staged = self._staged, []
+        try:
+            assert self._writer is not None
+            self._writer.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from None
         self._fault, self._wrote = None, True
-        for w, (result, error) in zip(batch, outcomes, strict=True):
-            w.result, w.error = result, error
-            if isinstance(result, Committed):  # durable: later reads skip decoding it
-                self._cache.put(result.session)
+        for w in batch:
+            if isinstance(w.result, Committed):  # durable: later reads skip decoding it
+                self._cache.put(w.result.session)
+
+    def _failed(self, exc: sqlite3.Error) -> StoreUnavailable:
+        self._fault = str(exc)
+        self._reset_writer()
+        return self._unavailable(exc)
 
     def _reset_writer(self) -> None:
         # After a failed write the connection may hold a half-open transaction or have been
@@ -242,18 +285,23 @@ class SQLiteStore:
         )
 
     def _append(self, db: sqlite3.Connection, sid: str, entry: HistoryEntry) -> None:
-        """Add a history entry, then apply the bounds: the entries that leave the full window
-        are kept brief (every ``every``-th version) or dropped, and the brief ones capped."""
-        p = self._policy
+        """Add a history entry; the session's history is trimmed once per batch."""
         db.execute(
             "INSERT OR REPLACE INTO history (session_id, version, time, full, brief, tier) "
             "VALUES (?, ?, ?, ?, ?, 1)",
             (sid, entry.version, entry.time, entry.full, entry.brief),
         )
+        self._appended[sid] = entry.num_features
+
+    def _trim(self, db: sqlite3.Connection, sid: str, num_features: int) -> None:
+        """Apply the history bounds: the entries that left the full window are kept brief
+        (every ``every``-th version) or dropped, and the brief ones capped. Once per batch,
+        after all of its entries: the rows kept are the same as after each entry."""
+        p = self._policy
         leaving = db.execute(
             "SELECT version FROM history WHERE session_id = ? AND tier = 1 "
             "ORDER BY version DESC LIMIT -1 OFFSET ?",
-            (sid, p.recent_for(entry.num_features)),
+            (sid, p.recent_for(num_features)),
         ).fetchall()
         briefed = False
         for (v,) in leaving:
@@ -265,7 +313,7 @@ class SQLiteStore:
                 briefed = True
             else:
                 db.execute("DELETE FROM history WHERE session_id = ? AND version = ?", (sid, v))
-        if briefed:  # one more brief entry: drop the oldest beyond ``older``
+        if briefed:  # more brief entries: drop the oldest beyond ``older``
             db.execute(
                 "DELETE FROM history WHERE session_id = ? AND tier = 0 AND version < "
                 "(SELECT version FROM history WHERE session_id = ? AND tier = 0 "
@@ -328,28 +376,30 @@ class SQLiteStore:
                 held = self._held(db, receipt.scope, receipt.key)
                 if held is not None:
                     return Duplicate(held)
-            head = db.execute(
-                "SELECT version, name, created_at, owner FROM sessions WHERE id = ?",
-                (session_id,),
-            ).fetchone()
-            if head is None:
-                raise SessionNotFound(session_id)
-            if head[0] != expected_version:
-                return Conflict(int(head[0]) if isinstance(head[0], int) else -1)
             now, version = time.time(), expected_version + 1
-            db.execute(
-                "UPDATE sessions SET state = ?, version = ?, updated_at = ? WHERE id = ?",
-                (blob, version, now, session_id),
-            )
+            head = db.execute(  # the version check and the write in one statement
+                "UPDATE sessions SET state = ?, version = ?, updated_at = ? "
+                "WHERE id = ? AND version = ? RETURNING name, created_at, owner",
+                (blob, version, now, session_id, expected_version),
+            ).fetchall()
+            if not head:
+                found = db.execute(
+                    "SELECT version FROM sessions WHERE id = ?", (session_id,)
+                ).fetchone()
+                if found is None:
+                    raise SessionNotFound(session_id)
+                return Conflict(int(found[0]) if isinstance(found[0], int) else -1)
+            name, created_at, owner = head[0]
             if receipt is not None:
                 self._keep(db, receipt)
             if history is not None and self._policy.recent > 0:
                 self._append(db, session_id, history)
-            out = Committed(Session(session_id, state, version, head[2], now, head[1], head[3]))
+            out = Committed(Session(session_id, state, version, created_at, now, name, owner))
             pending.tentative = out
             return out
 
-        pending.write = self._group.enqueue(write)
+        # Every refusal above comes before the UPDATE: no savepoint needed to undo it alone.
+        pending.write = self._group.enqueue(write, checks_first=True)
         return pending
 
     def create(self, session: Session, *, receipt: Receipt | None = None) -> CommitResult:

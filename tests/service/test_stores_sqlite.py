@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -285,26 +284,25 @@ def test_a_commit_built_on_one_that_did_not_land_is_a_conflict(tmp_path: Path) -
     store.close()
 
 
-def test_fits_awaited_on_an_event_loop_share_batches_that_never_run_on_the_loop(
+def test_fits_awaited_on_an_event_loop_share_batches_never_committed_on_the_loop(
     tmp_path: Path,
 ) -> None:
-    """``fit_async`` (the hot route's small fits) queues its commit and awaits it: the batch
-    runs in another thread (the loop never waits for an fsync), and awaited and blocking
-    fits to one session share transactions and land exactly once each."""
+    """``fit_async`` (the hot route's small fits) queues its commit and awaits it: the loop
+    may stage a batch but never commits it (never waits for an fsync), and awaited and
+    blocking fits to one session share transactions and land exactly once each."""
     store = SQLiteStore(tmp_path / "async.db")
     now = time.time()
     store.create(Session("hot", bncore.initial_state(bncore.BNConfig(2)), 1, now, now))
     counts = Counts()
     commits = Commits(counts)
-    batch_threads: set[int] = set()
-    run = store._run
+    commit_threads: set[int] = set()
+    commit = store._commit_staged
 
-    def recording_run(batch: Any) -> None:
-        batch_threads.add(threading.get_ident())
-        run(batch)
+    def recording_commit() -> None:
+        commit_threads.add(threading.get_ident())
+        commit()
 
-    store._run = recording_run  # type: ignore[method-assign]
-    store._group._runner = recording_run
+    store._group._commit = recording_commit
     before = (store._group.batches, store._group.writes)
     loop_thread: list[int] = []
 
@@ -331,7 +329,7 @@ def test_fits_awaited_on_an_event_loop_share_batches_that_never_run_on_the_loop(
     for t in threads:
         t.join()
     assert counts.outcomes == {"committed": 120}
-    assert loop_thread and loop_thread[0] not in batch_threads
+    assert loop_thread and loop_thread[0] not in commit_threads
     assert store._group.writes - before[1] == 120
     assert store._group.batches - before[0] < 120
     hot = store.read("hot")
