@@ -72,10 +72,10 @@ class SQLiteStore:
         self._pool_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None  # used by the group's leader only
         self._group: GroupCommit[sqlite3.Connection] = GroupCommit(
-            self._stage, self._commit_staged, timeout_s=opts.timeout_s + 1.0
+            self._run, timeout_s=opts.timeout_s + 1.0
         )
-        self._staged: list[Write[sqlite3.Connection]] = []  # between the group's two steps
-        self._appended: dict[str, int] = {}  # sessions given history in the staging batch
+        self._appended: dict[str, int] = {}  # sessions given history in the running batch
+        self._history_rows: list[tuple[str, int, float, bytes, bytes]] = []  # not inserted yet
         self._fault: str | None = None  # the last write failure, until a write succeeds
         self._wrote = False  # a write succeeded since this process opened the store
         self._ready = False  # schema checked (and migrated) by this process
@@ -179,78 +179,50 @@ class SQLiteStore:
             self._ensure()
         return self._group.submit(fn)
 
-    def _stage(self, batch: list[Write[sqlite3.Connection]], wait: bool) -> bool:
-        """One transaction for the whole batch (``GroupCommit``'s first step); each write in
-        its own savepoint, so a write that fails with a domain error (not found, If-Match) is
-        undone alone. With ``wait`` False (on the event loop) a write lock held by another
-        process is not waited for: False, and the batch goes to a thread that may wait."""
+    def _run(self, batch: list[Write[sqlite3.Connection]]) -> None:
+        """One transaction for the whole batch; each write in its own savepoint, so a write
+        that fails with a domain error (not found, If-Match) is undone alone (unless it
+        ``checks_first``: then there is nothing to undo). Few statements per write: this runs
+        in the group's thread, and each statement has to win the GIL back from the loop."""
         try:
             if self._writer is None:
                 self._writer = self._connect()
-                self._writer.execute("PRAGMA busy_timeout = 0")  # waits are ``_begin``'s
             db = self._writer
-            if not self._begin(db, wait):
-                return False
+            db.execute("BEGIN IMMEDIATE")
+            outcomes: list[tuple[Any, BaseException | None]] = []
             for w in batch:
-                alone = not w.checks_first  # else nothing to undo when it fails
+                alone = not w.checks_first
                 if alone:
+                    self._insert_history(db)  # in order: this write may delete them
                     db.execute("SAVEPOINT w")
                 try:
-                    w.result, w.error = w.fn(db), None
+                    outcomes.append((w.fn(db), None))
                 except sqlite3.Error:
                     raise
                 except Exception as exc:
                     if alone:
                         db.execute("ROLLBACK TO w")
-                    w.result, w.error = None, exc
+                    outcomes.append((None, exc))
                 if alone:
                     db.execute("RELEASE w")
+            self._insert_history(db)
             for sid, num_features in self._appended.items():
                 self._trim(db, sid, num_features)
             if self._ready:
                 self._expire(db)
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise self._failed(exc) from None
+            self._fault = str(exc)
+            self._reset_writer()
+            raise self._unavailable(exc) from None
         finally:
             self._appended.clear()
-        self._staged = batch
-        return True
-
-    def _begin(self, db: sqlite3.Connection, wait: bool) -> bool:
-        """``BEGIN IMMEDIATE``, retried while another process holds the write lock (up to
-        the store's timeout when ``wait``, else not at all)."""
-        deadline, pause = time.monotonic() + self._timeout_s, 0.0005
-        while True:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                return True
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                    raise
-                if not wait:
-                    return False
-                if time.monotonic() >= deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.02)
-
-    def _commit_staged(self) -> None:
-        """Make the staged batch durable (``GroupCommit``'s second step: the fsync)."""
-        batch, self._staged = self._staged, []
-        try:
-            assert self._writer is not None
-            self._writer.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise self._failed(exc) from None
+            self._history_rows.clear()
         self._fault, self._wrote = None, True
-        for w in batch:
-            if isinstance(w.result, Committed):  # durable: later reads skip decoding it
-                self._cache.put(w.result.session)
-
-    def _failed(self, exc: sqlite3.Error) -> StoreUnavailable:
-        self._fault = str(exc)
-        self._reset_writer()
-        return self._unavailable(exc)
+        for w, (result, error) in zip(batch, outcomes, strict=True):
+            w.result, w.error = result, error
+            if isinstance(result, Committed):  # durable: later reads skip decoding it
+                self._cache.put(result.session)
 
     def _reset_writer(self) -> None:
         # After a failed write the connection may hold a half-open transaction or have been
@@ -284,36 +256,42 @@ class SQLiteStore:
             (r.scope, r.key, r.fingerprint, r.session_id, r.version, r.payload, r.created_at),
         )
 
-    def _append(self, db: sqlite3.Connection, sid: str, entry: HistoryEntry) -> None:
-        """Add a history entry; the session's history is trimmed once per batch."""
-        db.execute(
-            "INSERT OR REPLACE INTO history (session_id, version, time, full, brief, tier) "
-            "VALUES (?, ?, ?, ?, ?, 1)",
-            (sid, entry.version, entry.time, entry.full, entry.brief),
-        )
+    def _append(self, sid: str, entry: HistoryEntry) -> None:
+        """Add a history entry to the running batch's (``_insert_history`` writes them)."""
+        self._history_rows.append((sid, entry.version, entry.time, entry.full, entry.brief))
         self._appended[sid] = entry.num_features
+
+    def _insert_history(self, db: sqlite3.Connection) -> None:
+        """The batch's pending history entries, in one statement."""
+        rows, self._history_rows = self._history_rows, []
+        if rows:
+            db.execute(
+                "INSERT OR REPLACE INTO history (session_id, version, time, full, brief, tier) "
+                "VALUES " + ", ".join(["(?, ?, ?, ?, ?, 1)"] * len(rows)),
+                [value for row in rows for value in row],
+            )
 
     def _trim(self, db: sqlite3.Connection, sid: str, num_features: int) -> None:
         """Apply the history bounds: the entries that left the full window are kept brief
         (every ``every``-th version) or dropped, and the brief ones capped. Once per batch,
         after all of its entries: the rows kept are the same as after each entry."""
         p = self._policy
-        leaving = db.execute(
-            "SELECT version FROM history WHERE session_id = ? AND tier = 1 "
-            "ORDER BY version DESC LIMIT -1 OFFSET ?",
-            (sid, p.recent_for(num_features)),
-        ).fetchall()
-        briefed = False
-        for (v,) in leaving:
-            if v % p.every == 0 and p.older > 0:
-                db.execute(
-                    "UPDATE history SET full = NULL, tier = 0 WHERE session_id = ? AND version = ?",
-                    (sid, v),
-                )
-                briefed = True
-            else:
-                db.execute("DELETE FROM history WHERE session_id = ? AND version = ?", (sid, v))
-        if briefed:  # more brief entries: drop the oldest beyond ``older``
+        leaving = (  # ?1 session, ?2 entries kept in full
+            "SELECT version FROM history WHERE session_id = ?1 AND tier = 1 "
+            "ORDER BY version DESC LIMIT -1 OFFSET ?2"
+        )
+        keep, briefed = p.recent_for(num_features), 0
+        if p.older > 0:
+            briefed = db.execute(
+                "UPDATE history SET full = NULL, tier = 0 WHERE session_id = ?1 AND "
+                f"version % ?3 = 0 AND version IN ({leaving})",
+                (sid, keep, p.every),
+            ).rowcount
+        # The rest of the leaving entries (the briefed ones left tier 1 above).
+        db.execute(
+            f"DELETE FROM history WHERE session_id = ?1 AND version IN ({leaving})", (sid, keep)
+        )
+        if briefed > 0:  # more brief entries: drop the oldest beyond ``older``
             db.execute(
                 "DELETE FROM history WHERE session_id = ? AND tier = 0 AND version < "
                 "(SELECT version FROM history WHERE session_id = ? AND tier = 0 "
@@ -393,7 +371,7 @@ class SQLiteStore:
             if receipt is not None:
                 self._keep(db, receipt)
             if history is not None and self._policy.recent > 0:
-                self._append(db, session_id, history)
+                self._append(session_id, history)
             out = Committed(Session(session_id, state, version, created_at, now, name, owner))
             pending.tentative = out
             return out

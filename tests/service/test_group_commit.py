@@ -12,16 +12,13 @@ from service.stores.group import GroupCommit, Write
 
 
 def _stalling(release: threading.Event, ran: list[int]) -> GroupCommit[None]:
-    def stage(batch: list[Write[None]], wait: bool) -> bool:
+    def runner(batch: list[Write[None]]) -> None:
+        release.wait(10)  # a stalled fsync: the batch holds on until the test releases it
         for w in batch:
             w.result = w.fn(None)
             ran.append(w.result)
-        return True
 
-    def commit() -> None:
-        release.wait(10)  # a stalled fsync: the batch holds on until the test releases it
-
-    return GroupCommit(stage, commit, timeout_s=0.2)
+    return GroupCommit(runner, timeout_s=0.2)
 
 
 def test_awaited_write_queued_behind_a_stalled_batch_is_withdrawn() -> None:

@@ -163,15 +163,15 @@ def test_loop_free_during_a_small_fit_commit(
     """A small fit is decoded and combined inline, but its commit's transaction (and fsync)
     never holds the loop: the loop awaits it."""
     entered, release = gate
-    real = SQLiteStore._commit_staged
+    real = SQLiteStore._run
 
-    def held(self: SQLiteStore) -> None:
-        if any(w.future is not None for w in self._staged):  # the fit's, not the create's
+    def held(self: SQLiteStore, batch: Any) -> None:
+        if any(w.done is not None for w in batch):  # the fit's batch, not the create's
             entered.set()
             release.wait(30)
-        real(self)
+        real(self, batch)
 
-    monkeypatch.setattr(SQLiteStore, "_commit_staged", held)
+    monkeypatch.setattr(SQLiteStore, "_run", held)
     with _app(tmp_path / "bn.db") as c:
         sid = create(c)
         _loop_answers_while_in_flight(c, f"/v1/sessions/{sid}/fit", npy(SMALL), entered, release)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,16 @@ from service.app import create_app
 from service.commit import Commits
 from service.settings import Settings
 from service.stores import SQLiteStore
-from service.stores.base import Committed, Conflict, CorruptRecord, Session, StoreOptions
+from service.stores.base import (
+    Committed,
+    Conflict,
+    CorruptRecord,
+    HistoryEntry,
+    HistoryPolicy,
+    Session,
+    StoreOptions,
+)
+from service.stores.memory import MemoryStore
 from service.stores.sqlite_schema import SCHEMA_VERSION, NewerSchema
 
 # The schema of the first release (service/stores/sqlite.py at 3b78319): no owner column, and
@@ -269,6 +279,41 @@ def test_fits_to_one_hot_session_share_transactions_without_conflicts(tmp_path: 
     store.close()
 
 
+def test_history_of_shared_batches_keeps_what_one_commit_at_a_time_keeps(tmp_path: Path) -> None:
+    """A batch inserts its history entries in one statement and trims once: the entries
+    kept (full, briefed, capped) are those the memory store keeps one commit at a time."""
+    policy = HistoryPolicy(recent=3, every=2, older=2)
+    sqlite_store = SQLiteStore(tmp_path / "h.db", StoreOptions(history=policy))
+    memory = MemoryStore(StoreOptions(history=policy))
+    now = time.time()
+    state = bncore.initial_state(bncore.BNConfig(2))
+    for store in (sqlite_store, memory):
+        store.create(Session("h", state, 1, now, now))
+    version = 1
+    for size in (1, 5, 2, 7, 3):
+        batches = sqlite_store._group.batches
+        pending, last = [], None
+        for _ in range(size):  # queued, not waited for: the first wait runs them all at once
+            v = version + 1
+            entry = HistoryEntry(v, now + v, b"full%d" % v, b"brief%d" % v, 2)
+            last = sqlite_store.submit_commit("h", version, state, history=entry, after=last)
+            pending.append(last)
+            assert isinstance(memory.commit("h", version, state, history=entry), Committed)
+            version = v
+        assert all(isinstance(p.result(), Committed) for p in pending)
+        assert sqlite_store._group.batches == batches + 1
+    kept = sqlite_store.history("h", 100)
+    assert kept == memory.history("h", 100)
+    assert [(i.version, i.full) for i in kept] == [
+        (19, True),
+        (18, True),
+        (17, True),
+        (16, False),
+        (14, False),
+    ]
+    sqlite_store.close()
+
+
 def test_a_commit_built_on_one_that_did_not_land_is_a_conflict(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "chain.db")
     now = time.time()
@@ -284,25 +329,26 @@ def test_a_commit_built_on_one_that_did_not_land_is_a_conflict(tmp_path: Path) -
     store.close()
 
 
-def test_fits_awaited_on_an_event_loop_share_batches_never_committed_on_the_loop(
+def test_fits_awaited_on_an_event_loop_share_batches_that_never_run_on_the_loop(
     tmp_path: Path,
 ) -> None:
-    """``fit_async`` (the hot route's small fits) queues its commit and awaits it: the loop
-    may stage a batch but never commits it (never waits for an fsync), and awaited and
-    blocking fits to one session share transactions and land exactly once each."""
+    """``fit_async`` (the hot route's small fits) queues its commit and awaits it: the batch
+    runs in another thread (the loop never waits for an fsync), and awaited and blocking
+    fits to one session share transactions and land exactly once each."""
     store = SQLiteStore(tmp_path / "async.db")
     now = time.time()
     store.create(Session("hot", bncore.initial_state(bncore.BNConfig(2)), 1, now, now))
     counts = Counts()
     commits = Commits(counts)
-    commit_threads: set[int] = set()
-    commit = store._commit_staged
+    batch_threads: set[int] = set()
+    run = store._run
 
-    def recording_commit() -> None:
-        commit_threads.add(threading.get_ident())
-        commit()
+    def recording_run(batch: Any) -> None:
+        batch_threads.add(threading.get_ident())
+        run(batch)
 
-    store._group._commit = recording_commit
+    store._run = recording_run  # type: ignore[method-assign]
+    store._group._runner = recording_run
     before = (store._group.batches, store._group.writes)
     loop_thread: list[int] = []
 
@@ -329,7 +375,7 @@ def test_fits_awaited_on_an_event_loop_share_batches_never_committed_on_the_loop
     for t in threads:
         t.join()
     assert counts.outcomes == {"committed": 120}
-    assert loop_thread and loop_thread[0] not in commit_threads
+    assert loop_thread and loop_thread[0] not in batch_threads
     assert store._group.writes - before[1] == 120
     assert store._group.batches - before[0] < 120
     hot = store.read("hot")
