@@ -48,6 +48,7 @@ from service.stores.sqlite_schema import SCHEMA_VERSION, migrate
 
 T = TypeVar("T")
 _COLUMNS = "id, name, version, state, created_at, updated_at, owner"
+_OLDEST_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
 _RECEIPT = "scope, key, fingerprint, session_id, version, payload, created_at"
 Row = tuple[Any, ...]
 
@@ -60,6 +61,11 @@ class SQLiteStore:
     def __init__(
         self, path: Path, options: StoreOptions | None = None, xp: ModuleType = np
     ) -> None:
+        if sqlite3.sqlite_version_info < _OLDEST_SQLITE:
+            raise RuntimeError(
+                f"the SQLite store needs SQLite {'.'.join(map(str, _OLDEST_SQLITE))} or newer; "
+                f"this Python has {sqlite3.sqlite_version}"
+            )
         opts = options or StoreOptions()
         self._path = path
         self._xp = xp

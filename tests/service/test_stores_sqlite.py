@@ -412,3 +412,12 @@ def test_closing_the_store_ends_its_group_commit_thread(tmp_path: Path) -> None:
     store.close()
     helper.join(10)
     assert not helper.is_alive()
+
+
+def test_an_sqlite_too_old_for_the_store_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    with pytest.raises(RuntimeError, match=r"needs SQLite 3\.35\.0 or newer"):
+        SQLiteStore(tmp_path / "old.db")
+    assert not (tmp_path / "old.db").exists()  # refused before touching the file
