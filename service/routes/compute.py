@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import sys
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -76,7 +77,20 @@ def _tensor_replay(media: str, y: Array, headers: dict[str, str], extra: dict[st
 
 def _b64(values: Any) -> str:
     """Host float64 values as base64 little-endian bytes (the npy answer's stats headers)."""
-    return base64.b64encode(np.ascontiguousarray(values, dtype="<f8").tobytes()).decode()
+    return _b64_bytes(values).decode()
+
+
+def _b64_bytes(values: Any) -> bytes:
+    """``_b64`` as the ASCII bytes of a raw header."""
+    if not (_LITTLE and type(values) is np.ndarray and values.dtype is _F64):
+        values = np.ascontiguousarray(values, dtype="<f8")
+    elif not values.flags.c_contiguous:
+        values = np.ascontiguousarray(values)
+    return base64.b64encode(values)  # a C-contiguous array is read as its buffer
+
+
+_F64 = np.dtype(np.float64)
+_LITTLE = sys.byteorder == "little"
 
 
 @router.post(
@@ -204,6 +218,8 @@ class _Fit:
 
     def answer_for(self, session: Session, x: Array, out: FitOutcome, metrics: Metrics) -> Response:
         observe_fit(metrics, session, out, x.size)
+        if out.output is not None and self.answer == NPY:
+            return _fit_npy(out, self.max_header)
         return to_response(_fit_answer(out, self.answer, self.max_header), replayed=out.replayed)
 
 
@@ -249,7 +265,8 @@ def observe_fit(metrics: Metrics, session: Session, out: FitOutcome, values: int
 
 
 def _fit_answer(out: FitOutcome, answer: str, max_header_features: int) -> Replay:
-    """The fit's answer, from its O(C) record and output alone (a replay renders the same)."""
+    """The fit's answer, from its O(C) record and output alone (a replay renders the same);
+    ``_fit_npy`` writes the .npy one (with an output) the same, without the ``Replay``."""
     rec = out.record
     headers = {
         "ETag": etag(rec.version),
@@ -268,6 +285,27 @@ def _fit_answer(out: FitOutcome, answer: str, max_header_features: int) -> Repla
         headers["BN-Batch-Mean"] = _b64(rec.batch.mean)
         headers["BN-Batch-Var"] = _b64(rec.var)
     return _tensor_replay(answer, out.output, headers, extra)
+
+
+def _fit_npy(out: FitOutcome, max_header_features: int) -> Answer:
+    """``to_response(_fit_answer(...))`` of a fit answered in .npy with its output, the same
+    bytes and headers in the same order, written as ``Answer``'s raw header list (no header
+    dict to encode, no JSON ``extra`` that the .npy answer leaves out)."""
+    rec = out.record
+    head, tail = npy_parts(bncore.to_host(out.output))
+    headers = [
+        (b"etag", b'"%d"' % rec.version),
+        (b"bn-num-batches-tracked", b"%d" % rec.num_batches_tracked),
+        (b"vary", b"Accept"),
+    ]
+    if rec.batch.mean.size <= max_header_features:
+        headers.append((b"bn-batch-mean", _b64_bytes(rec.batch.mean)))
+        headers.append((b"bn-batch-var", _b64_bytes(rec.var)))
+    if out.replayed:
+        headers.append((b"idempotent-replayed", b"true"))
+    headers.append((b"content-length", b"%d" % (len(head) + len(tail))))
+    headers.append((b"content-type", _RAW_TYPES[NPY]))
+    return Answer(head, headers, tail=tail)
 
 
 def _require(tensors: dict[str, Array], name: str) -> Array:
