@@ -5,8 +5,10 @@ part) with no lock held, then ``Commits`` takes a per-session single-flight lock
 process, reads ``(version, state)``, combines in O(C) and calls ``store.commit(expected
 version, ...)``: ``Committed`` (done), ``Conflict`` (another process moved the version: re-read
 and combine again, the batch moments are reused; bounded, then 503) or ``Duplicate`` (the
-idempotency key is held: answer from its receipt). Outputs (a fit's normalized batch) are
-computed after the commit, outside the lock, from the state the batch was combined with.
+idempotency key is held: answer from its receipt). A fit's normalized batch is computed with
+its moments, before the commit and outside the lock, with the weight, bias and eps of the
+session as read; when the state it was combined with has others (a change landed in between),
+it is computed again, after the commit, from that state.
 
 Every retry with a known ``Idempotency-Key`` is answered from an O(C) receipt and the retried
 body (its fingerprint matches, so it is the same body): the answer equals the first one byte
@@ -426,10 +428,16 @@ class Commits:
         known = self._known(store, session.id, idem)
         if known is not None:
             return self._replayed_fit(session, x, FitRecord.from_bytes(known.payload), output)
-        batch = bncore.batch_stats(session.state, x)  # the O(N*C) part: no lock held
+        # The O(N*C) part, no lock held: the batch's moments, its output and the state it
+        # makes, all from the session as read, in one call (bncore.fit: one C call on a CPU).
+        start = session.state
+        made, fitted = bncore.fit(start, x, output=output)
+        batch = fitted.batch
 
         def build(current: Session) -> Built[FitRecord]:
-            state = bncore.apply_batch(current.state, batch)
+            # Combined on the state the fit started from (the usual case: no other commit in
+            # between), the new state is the fit's own; else the batch joins the current one.
+            state = made if current.state is start else bncore.apply_batch(current.state, batch)
             record = _fit_record(current, state, batch)
             return state, record.to_bytes, record.history_entry(), record
 
@@ -437,7 +445,9 @@ class Commits:
             if isinstance(out, Receipt):
                 return self._replayed_fit(session, x, FitRecord.from_bytes(out.payload), output)
             before, _, record = out
-            y = bncore.normalize(before.state, x, batch) if output else None
+            y = fitted.output
+            if output and not _same_affine(before.state, start):
+                y = bncore.normalize(before.state, x, batch)  # weight, bias or eps changed
             return FitOutcome(record, y, False)
 
         return _FitPlan(self._loop(store, session, build, if_match, idem), finish)
@@ -518,26 +528,46 @@ class Commits:
         return out.session, False
 
 
+def _same_affine(a: bncore.BNState, b: bncore.BNState) -> bool:
+    """Whether ``a`` and ``b`` normalize a batch the same way: the same weight, bias and eps.
+    By identity (states are immutable, and a fit keeps its state's weight and bias arrays):
+    a change that set new ones (an SGD step, an import, a reset) makes new arrays."""
+    return a is b or (a.weight is b.weight and a.bias is b.bias and a.config.eps == b.config.eps)
+
+
 def _fit_record(before: Session, after: bncore.BNState, batch: bncore.Moments) -> FitRecord:
     """The O(C) record of a fit combined on ``before``: drift against its running stats."""
     state = before.state
+    cfg = state.config
     drift = bncore.drift(state, batch)
     summary = drift.summary() if drift is not None else None
-    flags = bncore.drift_flags(state.config, summary) if summary is not None else []
-    host = bncore.to_host
+    flags = bncore.drift_flags(cfg, summary) if summary is not None else []
+    weight, bias = state.weight, state.bias
+    if not (
+        type(batch.mean) is np.ndarray
+        and (weight is None or type(weight) is np.ndarray)
+        and (bias is None or type(bias) is np.ndarray)
+    ):  # on a device: the record is kept on the host (the drift follows the batch)
+        host = bncore.to_host
+        batch = bncore.Moments(host(batch.count), host(batch.mean), host(batch.m2))
+        weight = None if weight is None else host(weight)
+        bias = None if bias is None else host(bias)
+        if drift is not None:
+            drift = bncore.Drift(host(drift.mean_shift), host(drift.log_var_ratio), host(drift.kl))
+    # Every channel counts the same unless values are omitted: no max over the counts.
+    same = cfg.nan_policy != "omit" and batch.count.size > 0
     return FitRecord(
         version=before.version + 1,
         num_batches_tracked=after.num_batches_tracked,
         time=time.time(),
-        batch=bncore.Moments(host(batch.count), host(batch.mean), host(batch.m2)),
-        weight=None if state.weight is None else host(state.weight),
-        bias=None if state.bias is None else host(state.bias),
-        eps=state.config.eps,
-        drift=None
-        if drift is None
-        else bncore.Drift(host(drift.mean_shift), host(drift.log_var_ratio), host(drift.kl)),
+        batch=batch,
+        weight=weight,
+        bias=bias,
+        eps=cfg.eps,
+        drift=drift,
         summary=summary,
         flags=flags,
+        count=int(batch.count[0]) if same else None,
     )
 
 
