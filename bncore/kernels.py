@@ -249,7 +249,9 @@ def drift_summary(
 ) -> tuple[float, float, float, float, list[int]] | None:
     """``(max KL, mean KL, max |shift|, max |log ratio|, the top channels by KL)`` with
     NumPy's bits, in one pass; None where the kernels do not apply."""
-    if _cpu is None or top < 0 or not all(_host_doubles(v) for v in (kl, shift, ratio)):
+    if _cpu is None or top < 0:
+        return None
+    if not (_host_doubles(kl) and _host_doubles(shift) and _host_doubles(ratio)):
         return None
     return _cpu.drift_summary(kl, shift, ratio, top)
 
