@@ -82,13 +82,17 @@ class NoEvents:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class FitOutcome:
     """A committed (or replayed) fit: its record and the normalized batch (None if not asked)."""
 
     record: FitRecord
     output: Array | None
     replayed: bool
+
+    def __init__(self, record: FitRecord, output: Array | None, replayed: bool) -> None:
+        d = self.__dict__  # as bncore.BNState: one per fit, no object.__setattr__ per field
+        d["record"], d["output"], d["replayed"] = record, output, replayed
 
 
 @dataclass(frozen=True)
@@ -102,12 +106,20 @@ class ChangeOutcome:
     replayed: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class _FitPlan:
     """A fit past its replay check: the commit loop to drive, then its answer from the result."""
 
     steps: Steps[tuple[Session, Session, FitRecord] | Receipt]
     finish: Callable[[tuple[Session, Session, FitRecord] | Receipt], FitOutcome]
+
+    def __init__(
+        self,
+        steps: Steps[tuple[Session, Session, FitRecord] | Receipt],
+        finish: Callable[[tuple[Session, Session, FitRecord] | Receipt], FitOutcome],
+    ) -> None:
+        d = self.__dict__  # as FitOutcome
+        d["steps"], d["finish"] = steps, finish
 
 
 @dataclass(frozen=True, init=False)
