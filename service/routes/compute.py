@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import binascii
 import functools
 import sys
 from typing import Annotated, Any, Literal
@@ -87,7 +87,7 @@ def _b64_bytes(values: Any) -> bytes:
         values = np.ascontiguousarray(values, dtype="<f8")
     elif not values.flags.c_contiguous:
         values = np.ascontiguousarray(values)
-    return base64.b64encode(values)  # a C-contiguous array is read as its buffer
+    return binascii.b2a_base64(values, newline=False)  # base64.b64encode, one call less
 
 
 _F64 = np.dtype(np.float64)
@@ -298,7 +298,8 @@ def _fit_npy(out: FitOutcome, max_header_features: int) -> Answer:
     bytes and headers in the same order, written as ``Answer``'s raw header list (no header
     dict to encode, no JSON ``extra`` that the .npy answer leaves out)."""
     rec = out.record
-    head, tail = npy_parts(bncore.to_host(out.output))
+    y = out.output
+    head, tail = npy_parts(y if type(y) is np.ndarray else bncore.to_host(y))
     headers = [
         (b"etag", b'"%d"' % rec.version),
         (b"bn-num-batches-tracked", b"%d" % rec.num_batches_tracked),
