@@ -358,7 +358,8 @@ def decode_npy(body: bytes, dtype: str) -> Array:
     """One ``.npy`` file (v1/v2, no pickle) as an array of ``dtype`` (float32/float64): a
     zero-copy view of the body when it already holds C-order ``dtype`` in native order."""
     check_session_dtype(dtype)
-    key = body[: 10 + int.from_bytes(body[8:10], "little")] if body[6:7] == b"\x01" else b""
+    v1 = body[6:7] == b"\x01" and type(body) is bytes  # (a bytearray's slice is unhashable)
+    key = body[: 10 + int.from_bytes(body[8:10], "little")] if v1 else b""
     found = _LAYOUTS.get(key)
     if found is None:
         found = _npy_layout(body, dtype)

@@ -60,6 +60,14 @@ def test_npy_header_seen_before_decodes_each_body_as_its_own() -> None:
     assert codecs.decode_npy(npy(b), "float32").dtype == np.float32
 
 
+def test_npy_in_a_bytearray_decodes_as_from_bytes() -> None:
+    body = npy(np.arange(6, dtype="f4").reshape(2, 3))
+    codecs.decode_npy(body, "float32")  # the header is now known
+    np.testing.assert_array_equal(
+        codecs.decode_npy(bytearray(body), "float32"), codecs.decode_npy(body, "float32")
+    )
+
+
 def test_npy_refused_header_is_refused_again() -> None:
     body = npy(np.zeros(3, "i4"))
     for _ in range(2):
