@@ -64,7 +64,7 @@ _TABLES: dict[tuple[int, int], bytes] = {}
 def _packed_rows(meta: bytes, rows: list[HostArray]) -> bytes:
     """``_packed(meta, dict(zip(_HISTORY, rows)))``, with the array table kept per shape when
     ``rows`` are native float64 (C,) rows (a fit's own)."""
-    c = rows[0].size
+    c = rows[0].size if rows else 0
     for v in rows:
         own = type(v) is np.ndarray and v.dtype is _F64 and v.flags.c_contiguous
         if not (own and v.size == c and _LITTLE):
@@ -210,7 +210,8 @@ class FitRecord:
         if d is not None:
             rows += [d.mean_shift, d.log_var_ratio, d.kl]
         full = _packed_rows(meta, rows)
-        return HistoryEntry(self.version, self.time, full, _packed(meta, {}), self.batch.mean.size)
+        brief = _packed_rows(meta, [])
+        return HistoryEntry(self.version, self.time, full, brief, self.batch.mean.size)
 
     def drift_json(self) -> dict[str, Any] | None:
         """The fit answer's ``drift`` member (None when the session tracks no running stats)."""
