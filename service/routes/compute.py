@@ -25,7 +25,6 @@ from service.codecs import (
     decode_named_json,
     decode_tensor,
     dumps,
-    encode_npy,
     encode_safetensors,
     negotiate,
     npy_parts,
@@ -70,19 +69,8 @@ router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["compute"], route_c
 Array = Any
 
 
-def _tensor_replay(media: str, y: Array, headers: dict[str, str], extra: dict[str, Any]) -> Replay:
-    if media == NPY:
-        return Replay(200, NPY, encode_npy(bncore.to_host(y)), headers)
-    return Replay(200, JSON, dumps({**tensor_json(bncore.to_host(y)), **extra}), headers)
-
-
-def _b64(values: Any) -> str:
+def _b64(values: Any) -> bytes:
     """Host float64 values as base64 little-endian bytes (the npy answer's stats headers)."""
-    return _b64_bytes(values).decode()
-
-
-def _b64_bytes(values: Any) -> bytes:
-    """``_b64`` as the ASCII bytes of a raw header."""
     if not (_LITTLE and type(values) is np.ndarray and values.dtype is _F64):
         values = np.ascontiguousarray(values, dtype="<f8")
     elif not values.flags.c_contiguous:
@@ -226,7 +214,7 @@ class _Fit:
         observe_fit(metrics, session, out, x.size)
         if out.output is not None and self.answer == NPY:
             return _fit_npy(out, self.max_header)
-        return to_response(_fit_answer(out, self.answer, self.max_header), replayed=out.replayed)
+        return to_response(_fit_json(out), replayed=out.replayed)
 
 
 @hot(fit)
@@ -272,9 +260,9 @@ def observe_fit(metrics: Metrics, session: Session, out: FitOutcome, values: int
         metrics.observe_fit(session.id, values, rec.summary, rec.flags, cfg.drift_metrics)
 
 
-def _fit_answer(out: FitOutcome, answer: str, max_header_features: int) -> Replay:
-    """The fit's answer, from its O(C) record and output alone (a replay renders the same);
-    ``_fit_npy`` writes the .npy one (with an output) the same, without the ``Replay``."""
+def _fit_json(out: FitOutcome) -> Replay:
+    """The fit's JSON answer (the batch, or with ``?output=false`` only the statistics), from
+    its O(C) record and output alone (a replay renders the same)."""
     rec = out.record
     headers = {
         "ETag": etag(rec.version),
@@ -289,16 +277,14 @@ def _fit_answer(out: FitOutcome, answer: str, max_header_features: int) -> Repla
     }
     if out.output is None:
         return json_replay(extra, headers=headers)
-    if answer == NPY and rec.batch.mean.size <= max_header_features:
-        headers["BN-Batch-Mean"] = _b64(rec.batch.mean)
-        headers["BN-Batch-Var"] = _b64(rec.var)
-    return _tensor_replay(answer, out.output, headers, extra)
+    return Replay(200, JSON, dumps({**tensor_json(bncore.to_host(out.output)), **extra}), headers)
 
 
 def _fit_npy(out: FitOutcome, max_header_features: int) -> Answer:
-    """``to_response(_fit_answer(...))`` of a fit answered in .npy with its output, the same
-    bytes and headers in the same order, written as ``Answer``'s raw header list (no header
-    dict to encode, no JSON ``extra`` that the .npy answer leaves out)."""
+    """The fit's .npy answer (with its output): the headers of ``_fit_json`` (the same names
+    and order as a ``Response`` writes them), the batch statistics in ``BN-Batch-Mean`` and
+    ``BN-Batch-Var`` instead of JSON, as ``Answer``'s raw header list (no header dict to
+    encode per fit)."""
     rec = out.record
     y = out.output
     head, tail = npy_parts(y if type(y) is np.ndarray else bncore.to_host(y))
@@ -308,8 +294,8 @@ def _fit_npy(out: FitOutcome, max_header_features: int) -> Answer:
         (b"vary", b"Accept"),
     ]
     if rec.batch.mean.size <= max_header_features:
-        headers.append((b"bn-batch-mean", _b64_bytes(rec.batch.mean)))
-        headers.append((b"bn-batch-var", _b64_bytes(rec.var)))
+        headers.append((b"bn-batch-mean", _b64(rec.batch.mean)))
+        headers.append((b"bn-batch-var", _b64(rec.var)))
     if out.replayed:
         headers.append((b"idempotent-replayed", b"true"))
     headers.append((b"content-length", b"%d" % (len(head) + len(tail))))
