@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from bncore import kernels
 from bncore.backend import Array, namespace, to_host
 from bncore.moments import Moments, quiet
@@ -33,8 +35,9 @@ class Drift:
 
     def summary(self, top: int = 5) -> dict[str, Any]:
         """Max and mean over channels, and the ``top`` channels with the largest KL."""
-        kl = to_host(self.kl)
-        shift, ratio = to_host(self.mean_shift), to_host(self.log_var_ratio)
+        kl, shift, ratio = self.kl, self.mean_shift, self.log_var_ratio
+        if not (type(kl) is type(shift) is type(ratio) is np.ndarray):  # per fit: no calls
+            kl, shift, ratio = to_host(kl), to_host(shift), to_host(ratio)
         found = kernels.drift_summary(kl, shift, ratio, top)
         if found is not None:  # one C pass, NumPy's bits
             max_kl, mean_kl, max_shift, max_ratio, channels = found

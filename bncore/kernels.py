@@ -249,10 +249,11 @@ def drift_summary(
 ) -> tuple[float, float, float, float, list[int]] | None:
     """``(max KL, mean KL, max |shift|, max |log ratio|, the top channels by KL)`` with
     NumPy's bits, in one pass; None where the kernels do not apply."""
-    if _cpu is None or top < 0 or not all(_host_doubles(v) for v in (kl, shift, ratio)):
+    if _cpu is None or top < 0 or not type(kl) is type(shift) is type(ratio) is np.ndarray:
+        return None
+    # Contiguous float64 each (inline: one summary per fit, and a call costs as much).
+    if not kl.dtype.char == shift.dtype.char == ratio.dtype.char == "d":
+        return None
+    if not (kl.flags.c_contiguous and shift.flags.c_contiguous and ratio.flags.c_contiguous):
         return None
     return _cpu.drift_summary(kl, shift, ratio, top)
-
-
-def _host_doubles(v: Array) -> bool:
-    return type(v) is np.ndarray and v.dtype.char == "d" and v.flags.c_contiguous

@@ -341,24 +341,39 @@ def _enabled(config: BNConfig) -> tuple[bool, bool, bool, bool]:
 
 def state_to_bytes(state: BNState) -> bytes:
     """Compact record: magic, u32 header length, JSON header, then raw little-endian arrays."""
-    pop = state.population
-    buffers = (state.weight, state.bias, state.running_mean, state.running_var)
-    arrays = [a for a in buffers if a is not None] + [pop.count, pop.mean, pop.m2]
-    present = tuple(a is not None for a in buffers)
     # The common case: host arrays in the layout's dtypes, written as they are (the header
-    # around the count cached per config): no copies and no JSON per record.
-    if _LITTLE and present == _enabled(state.config):
-        layout = _own_layout(state.config)
-        spans = layout.arrays
-        if all(
-            type(a) is np.ndarray and a.dtype == s[1] for a, s in zip(arrays, spans, strict=True)
-        ):
-            head = b"%s%d%s" % (layout.prefix, state.num_batches_tracked, layout.suffix)
-            parts: list[Any] = [_MAGIC, struct.pack("<I", len(head)), head, *arrays]
-            try:
-                return b"".join(parts)
-            except TypeError:  # a non-contiguous view: the general path copies it
-                pass
+    # around the count cached per config): no copies and no JSON per record. Every SQLite
+    # commit encodes one: the checks are inline (no tuples, no generator: ~1 us of ~3).
+    config = state.config
+    layout: _Layout | None = config.__dict__.get("_record_layout")
+    if layout is None:
+        layout = _own_layout(config)
+    pop = state.population
+    arrays: list[Any] = []
+    # The buffers the config has, in _ORDER (one it has not, set by hand: the general path).
+    w, b, rm, rv = state.weight, state.bias, state.running_mean, state.running_var
+    if config.affine:
+        arrays += [w, b]
+    elif w is not None or b is not None:
+        return _record(state)
+    if config.track_running_stats:
+        arrays += [rm, rv]
+    elif rm is not None or rv is not None:
+        return _record(state)
+    dt = layout.arrays[0][1]  # every buffer's dtype; the population's are float64
+    for a in arrays:  # a None (a state built by hand) fails the type check
+        if type(a) is not np.ndarray or not (a.dtype is dt or a.dtype == dt):
+            return _record(state)
+    arrays += [pop.count, pop.mean, pop.m2]
+    for a in arrays[-3:]:
+        if type(a) is not np.ndarray or not (a.dtype is _F64 or a.dtype == _F64):
+            return _record(state)
+    if _LITTLE:
+        head = b"%s%d%s" % (layout.prefix, state.num_batches_tracked, layout.suffix)
+        try:
+            return b"".join([_MAGIC, _HEAD_LEN.pack(len(head)), head, *arrays])
+        except TypeError:  # a non-contiguous view: the general path copies it
+            pass
     return _record(state)
 
 

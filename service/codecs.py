@@ -346,19 +346,28 @@ def _npy_header(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]
     return shape, fortran, dtype, fp.tell()
 
 
+# Layouts of the .npy headers decoded so far (v1.0 headers that passed), by the bytes up to
+# the end of the header: a client sends the same shape and dtype again and again, and parsing
+# and checking a header costs more than the rest of a small decode. Bounded: cleared when full.
+_LAYOUTS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype[Any], int, int]] = {}
+_LAYOUTS_MAX = 256
+
+
 @decode_boundary
 def decode_npy(body: bytes, dtype: str) -> Array:
     """One ``.npy`` file (v1/v2, no pickle) as an array of ``dtype`` (float32/float64): a
     zero-copy view of the body when it already holds C-order ``dtype`` in native order."""
     check_session_dtype(dtype)
-    shape, fortran, stored, offset = _npy_header(body)
-    if stored.hasobject:
-        raise MalformedBody(".npy with Python objects (pickle) is not accepted")
-    if not dims_ok(shape):
-        raise MalformedBody(f".npy shape must be at most {MAX_DIMS} non-negative sizes: {shape}")
-    if stored.kind != "f" or stored.subdtype is not None or stored.names is not None:
-        raise refuse(".npy", stored.str if stored.names is None else "structured", dtype)
-    count = math.prod(shape)
+    v1 = body[6:7] == b"\x01" and type(body) is bytes  # (a bytearray's slice is unhashable)
+    key = body[: 10 + int.from_bytes(body[8:10], "little")] if v1 else b""
+    found = _LAYOUTS.get(key)
+    if found is None:
+        found = _npy_layout(body, dtype)
+        if found[3] == len(key):  # a v1.0 header: the key is the whole header
+            if len(_LAYOUTS) >= _LAYOUTS_MAX:
+                _LAYOUTS.clear()
+            _LAYOUTS[key] = found
+    shape, fortran, stored, offset, count = found
     if len(body) - offset != count * stored.itemsize:
         raise MalformedBody(
             f".npy data is {len(body) - offset} bytes; header promises {count * stored.itemsize}"
@@ -373,9 +382,27 @@ def decode_npy(body: bytes, dtype: str) -> Array:
     return to_session_dtype(arr, dtype, ".npy")
 
 
+def _npy_layout(body: bytes, dtype: str) -> tuple[tuple[int, ...], bool, np.dtype[Any], int, int]:
+    """Shape, Fortran order, dtype, data offset and element count of a .npy ``body`` whose
+    header passes every check of ``decode_npy`` (else ``MalformedBody``, or ``DTypeError``
+    naming the session's ``dtype``); whether it passes does not depend on ``dtype``."""
+    shape, fortran, stored, offset = _npy_header(body)
+    if stored.hasobject:
+        raise MalformedBody(".npy with Python objects (pickle) is not accepted")
+    if not dims_ok(shape):
+        raise MalformedBody(f".npy shape must be at most {MAX_DIMS} non-negative sizes: {shape}")
+    if stored.kind != "f" or stored.subdtype is not None or stored.names is not None:
+        raise refuse(".npy", stored.str if stored.names is None else "structured", dtype)
+    return tuple(shape), fortran, stored, offset, math.prod(shape)
+
+
 def encode_npy(arr: Array) -> bytes:
     """A C-order, little-endian ``.npy`` (v1.0) file of ``arr``, header padded to 64 bytes."""
     return b"".join(npy_parts(arr))
+
+
+# The .npy headers written so far, by shape and dtype (bounded: cleared when full).
+_HEADS: dict[tuple[tuple[int, ...], np.dtype[Any]], bytes] = {}
 
 
 def npy_parts(arr: Array) -> tuple[bytes, memoryview]:
@@ -385,13 +412,24 @@ def npy_parts(arr: Array) -> tuple[bytes, memoryview]:
     order = arr.dtype.byteorder
     if not (arr.flags.c_contiguous and (order == "<" or (order in "=|" and _LITTLE))):
         arr = np.require(arr, dtype=arr.dtype.newbyteorder("<"), requirements="C")
+    key = (arr.shape, arr.dtype)
+    head = _HEADS.get(key)
+    if head is None:
+        head = _npy_head(arr)
+        if len(_HEADS) >= _LAYOUTS_MAX:
+            _HEADS.clear()
+        _HEADS[key] = head
+    return head, arr.reshape(-1).data.cast("B")  # a flat byte view, whatever the rank
+
+
+def _npy_head(arr: Array) -> bytes:
+    """The v1.0 header of a C-order little-endian ``arr``, padded to 64 bytes."""
     shape = ", ".join(str(d) for d in arr.shape) + ("," if arr.ndim == 1 else "")
     descr = arr.dtype.newbyteorder("<").str  # '<f4' whether the dtype says '<' or native '='
     text = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': ({shape}), }}"
     pad = -(10 + len(text) + 1) % 64
     header = (text + " " * pad + "\n").encode("latin1")
-    head = b"".join((_NPY_MAGIC, b"\x01\x00", len(header).to_bytes(2, "little"), header))
-    return head, arr.reshape(-1).data.cast("B")  # a flat byte view, whatever the rank
+    return b"".join((_NPY_MAGIC, b"\x01\x00", len(header).to_bytes(2, "little"), header))
 
 
 def decode_tensor(body: bytes, media: str, dtype: str) -> Array:

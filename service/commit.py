@@ -5,8 +5,10 @@ part) with no lock held, then ``Commits`` takes a per-session single-flight lock
 process, reads ``(version, state)``, combines in O(C) and calls ``store.commit(expected
 version, ...)``: ``Committed`` (done), ``Conflict`` (another process moved the version: re-read
 and combine again, the batch moments are reused; bounded, then 503) or ``Duplicate`` (the
-idempotency key is held: answer from its receipt). Outputs (a fit's normalized batch) are
-computed after the commit, outside the lock, from the state the batch was combined with.
+idempotency key is held: answer from its receipt). A fit's normalized batch is computed with
+its moments, before the commit and outside the lock, with the weight, bias and eps of the
+session as read; when the state it was combined with has others (a change landed in between),
+it is computed again, after the commit, from that state.
 
 Every retry with a known ``Idempotency-Key`` is answered from an O(C) receipt and the retried
 body (its fingerprint matches, so it is the same body): the answer equals the first one byte
@@ -38,6 +40,7 @@ from service.stores.base import (
     Idempotency,
     IfMatch,
     PendingCommit,
+    Ready,
     Receipt,
     Session,
     Store,
@@ -79,13 +82,17 @@ class NoEvents:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class FitOutcome:
     """A committed (or replayed) fit: its record and the normalized batch (None if not asked)."""
 
     record: FitRecord
     output: Array | None
     replayed: bool
+
+    def __init__(self, record: FitRecord, output: Array | None, replayed: bool) -> None:
+        d = self.__dict__  # as bncore.BNState: one per fit, no object.__setattr__ per field
+        d["record"], d["output"], d["replayed"] = record, output, replayed
 
 
 @dataclass(frozen=True)
@@ -99,20 +106,45 @@ class ChangeOutcome:
     replayed: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class _FitPlan:
     """A fit past its replay check: the commit loop to drive, then its answer from the result."""
 
     steps: Steps[tuple[Session, Session, FitRecord] | Receipt]
     finish: Callable[[tuple[Session, Session, FitRecord] | Receipt], FitOutcome]
 
+    def __init__(
+        self,
+        steps: Steps[tuple[Session, Session, FitRecord] | Receipt],
+        finish: Callable[[tuple[Session, Session, FitRecord] | Receipt], FitOutcome],
+    ) -> None:
+        d = self.__dict__  # as FitOutcome
+        d["steps"], d["finish"] = steps, finish
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class _Predicted(Session):
     """The session as ``pending`` (a commit handed to the store, maybe not durable yet) will
     make it: a commit combined on it may only land if ``pending`` does."""
 
     pending: PendingCommit | None = None
+
+    def __init__(
+        self,
+        id: str,
+        state: bncore.BNState,
+        version: int,
+        created_at: float,
+        updated_at: float,
+        name: str | None = None,
+        owner: str | None = None,
+        pending: PendingCommit | None = None,
+    ) -> None:
+        # The instance dict filled directly (as bncore.BNState): one is built per fit.
+        d = self.__dict__
+        d["id"], d["state"], d["version"] = id, state, version
+        d["created_at"], d["updated_at"], d["name"] = created_at, updated_at, name
+        d["owner"], d["pending"] = owner, pending
 
 
 @dataclass
@@ -141,21 +173,30 @@ class _Flights:
         flight = self._flights.get(session_id)
         return None if flight is None else flight.last
 
-    @contextmanager
-    def hold(self, session_id: str) -> Iterator[_Flight]:
-        """The session's flight, kept (with its prediction) while the caller is inside."""
+    def enter(self, session_id: str) -> _Flight:
+        """The session's flight, kept (with its prediction) until the caller's ``leave``."""
         with self._guard:
             flight = self._flights.get(session_id)
             if flight is None:
                 flight = self._flights[session_id] = _Flight(threading.Lock())
             flight.users += 1
+        return flight
+
+    def leave(self, session_id: str, flight: _Flight) -> None:
+        """Undo one ``enter``: the flight is dropped when no caller is left inside."""
+        with self._guard:
+            flight.users -= 1
+            if flight.users == 0:
+                del self._flights[session_id]
+
+    @contextmanager
+    def hold(self, session_id: str) -> Iterator[_Flight]:
+        """``enter`` and ``leave`` around a block."""
+        flight = self.enter(session_id)
         try:
             yield flight
         finally:
-            with self._guard:
-                flight.users -= 1
-                if flight.users == 0:
-                    del self._flights[session_id]
+            self.leave(session_id, flight)
 
 
 def _forget(flight: _Flight, pending: PendingCommit) -> None:
@@ -163,18 +204,6 @@ def _forget(flight: _Flight, pending: PendingCommit) -> None:
     with flight.lock:
         if flight.last is not None and flight.last.pending is pending:
             flight.last = None
-
-
-@contextmanager
-def _locked(flight: _Flight, session_id: str, timeout_s: float) -> Iterator[None]:
-    if not flight.lock.acquire(timeout=timeout_s):
-        raise StoreUnavailable(
-            f"session {session_id!r} is busy: no commit slot within {timeout_s:g} s"
-        )
-    try:
-        yield
-    finally:
-        flight.lock.release()
 
 
 # The commit loop as a generator: it yields a pending commit (sent back its outcome) or seconds
@@ -215,7 +244,9 @@ async def _drive_async(steps: Steps[T]) -> T:
                 return result
             answer, error = None, None
             try:
-                if isinstance(step, float):
+                if type(step) is Ready:  # committed in the call (memory): nothing to await
+                    answer = step.outcome
+                elif isinstance(step, float):
                     await asyncio.sleep(step)
                 else:
                     answer = await step.wait()
@@ -284,87 +315,89 @@ class Commits:
 
         The session's lock is held while combining and handing the commit to the store, not
         while the store makes it durable: the next fit combines on the predicted state (and
-        may only land if this commit does), so fits to one session share a group commit."""
-        with self._flights.hold(snapshot.id) as flight:
-            return (yield from self._attempts(store, flight, snapshot, build, if_match, idem))
-
-    def _attempts(
-        self,
-        store: Store,
-        flight: _Flight,
-        snapshot: Session,
-        build: Callable[[Session], Built[T]],
-        if_match: IfMatch,
-        idem: Idempotency | None,
-    ) -> Steps[tuple[Session, Session, T] | Receipt]:
+        may only land if this commit does), so fits to one session share a group commit.
+        (One generator with explicit acquire/release: every fit runs it, and the nested
+        generator and context managers it replaced cost some 10% of a small fit's CPU.)"""
         sid = snapshot.id
-        current, fresh = snapshot, False
-        after = snapshot.pending if isinstance(snapshot, _Predicted) else None
-        for attempt in range(self._retries + 1):
-            with _locked(flight, sid, self._timeout_s):
-                if flight.last is not None and flight.last.version > current.version:
-                    current, after = flight.last, flight.last.pending  # landed or on its way
-                moved = lease_for_commit(store, sid, current)  # Redis: replicas take turns
-                if moved is not None:
-                    current, after, fresh = moved, None, True
-                if not version_matches(current.version, if_match) and not fresh:
-                    current, after, fresh = store.read(sid), None, True  # judged on stored data
-                check_version(current.version, if_match)
-                state, payload, history, value = build(current)
-                receipt = None
-                if idem is not None:
-                    v = current.version + 1
-                    receipt = Receipt(
-                        sid, idem.key, idem.fingerprint, sid, v, payload(), time.time()
+        flight = self._flights.enter(sid)
+        try:
+            current, fresh = snapshot, False
+            after = snapshot.pending if isinstance(snapshot, _Predicted) else None
+            for attempt in range(self._retries + 1):
+                if not flight.lock.acquire(timeout=self._timeout_s):
+                    raise StoreUnavailable(
+                        f"session {sid!r} is busy: no commit slot within {self._timeout_s:g} s"
                     )
-                pending = submit_commit(
-                    store,
-                    sid,
-                    current.version,
-                    state,
-                    receipt=receipt,
-                    history=history,
-                    after=after,
-                )
-                flight.last = _Predicted(
-                    sid,
-                    state,
-                    current.version + 1,
-                    current.created_at,
-                    time.time(),
-                    current.name,
-                    current.owner,
-                    pending,
-                )
-                before = current
-            try:
-                out = yield pending  # durable (or refused), with no lock held
-            except BaseException:
+                try:
+                    last = flight.last
+                    if last is not None and last.version > current.version:
+                        current, after = last, last.pending  # landed or on its way
+                    moved = lease_for_commit(store, sid, current)  # Redis: replicas take turns
+                    if moved is not None:
+                        current, after, fresh = moved, None, True
+                    if if_match is not None:
+                        if not version_matches(current.version, if_match) and not fresh:
+                            current, after, fresh = store.read(sid), None, True  # stored data
+                        check_version(current.version, if_match)
+                    state, payload, history, value = build(current)
+                    receipt = None
+                    if idem is not None:
+                        v = current.version + 1
+                        receipt = Receipt(
+                            sid, idem.key, idem.fingerprint, sid, v, payload(), time.time()
+                        )
+                    pending = submit_commit(
+                        store,
+                        sid,
+                        current.version,
+                        state,
+                        receipt=receipt,
+                        history=history,
+                        after=after,
+                    )
+                    flight.last = _Predicted(
+                        sid,
+                        state,
+                        current.version + 1,
+                        current.created_at,
+                        time.time(),
+                        current.name,
+                        current.owner,
+                        pending,
+                    )
+                    before = current
+                finally:
+                    flight.lock.release()
+                try:
+                    out = yield pending  # durable (or refused), with no lock held
+                except BaseException:
+                    _forget(flight, pending)
+                    raise
+                assert out is not None
+                if isinstance(out, Committed):
+                    self.events.observe_commit("committed")
+                    return before, out.session, value
                 _forget(flight, pending)
-                raise
-            assert out is not None
-            if isinstance(out, Committed):
-                self.events.observe_commit("committed")
-                return before, out.session, value
-            _forget(flight, pending)
-            if isinstance(out, Duplicate):
-                self.events.observe_commit("duplicate")
-                assert idem is not None
-                return self._replay(out.receipt, idem)
-            self.events.observe_commit("conflict")
-            self.events.observe_retry()
-            met = out.session  # the stored session, when the store sent it along (Redis)
-            if met is None:
-                # Another process committed: spread the retries of racing replicas apart.
-                # (Not after a conflict that brought the session: sleeping would make it
-                # stale, and the next attempt conflict again; racing writers take turns
-                # through the store instead: Redis leases.)
-                yield random.uniform(0, min(0.02, 0.0005 * 2**attempt))
-                met = store.read(sid)
-            current, after, fresh = met, None, True
-        raise StoreUnavailable(
-            f"session {sid!r} changed under {self._retries + 1} commits in a row; retry",
-        )
+                if isinstance(out, Duplicate):
+                    self.events.observe_commit("duplicate")
+                    assert idem is not None
+                    return self._replay(out.receipt, idem)
+                self.events.observe_commit("conflict")
+                self.events.observe_retry()
+                met = out.session  # the stored session, when the store sent it along (Redis)
+                if met is None:
+                    # Another process committed: spread the retries of racing replicas apart.
+                    # (Not after a conflict that brought the session: sleeping would make it
+                    # stale, and the next attempt conflict again; racing writers take turns
+                    # through the store instead: Redis leases.)
+                    yield random.uniform(0, min(0.02, 0.0005 * 2**attempt))
+                    met = store.read(sid)
+                current, after, fresh = met, None, True
+            raise StoreUnavailable(
+                f"session {sid!r} changed under {self._retries + 1} commits in a row; retry",
+            )
+        finally:
+            self._flights.leave(sid, flight)
 
     def fit(
         self,
@@ -407,10 +440,16 @@ class Commits:
         known = self._known(store, session.id, idem)
         if known is not None:
             return self._replayed_fit(session, x, FitRecord.from_bytes(known.payload), output)
-        batch = bncore.batch_stats(session.state, x)  # the O(N*C) part: no lock held
+        # The O(N*C) part, no lock held: the batch's moments, its output and the state it
+        # makes, all from the session as read, in one call (bncore.fit: one C call on a CPU).
+        start = session.state
+        made, fitted = bncore.fit(start, x, output=output)
+        batch = fitted.batch
 
         def build(current: Session) -> Built[FitRecord]:
-            state = bncore.apply_batch(current.state, batch)
+            # Combined on the state the fit started from (the usual case: no other commit in
+            # between), the new state is the fit's own; else the batch joins the current one.
+            state = made if current.state is start else bncore.apply_batch(current.state, batch)
             record = _fit_record(current, state, batch)
             return state, record.to_bytes, record.history_entry(), record
 
@@ -418,7 +457,9 @@ class Commits:
             if isinstance(out, Receipt):
                 return self._replayed_fit(session, x, FitRecord.from_bytes(out.payload), output)
             before, _, record = out
-            y = bncore.normalize(before.state, x, batch) if output else None
+            y = fitted.output
+            if output and not _same_affine(before.state, start):
+                y = bncore.normalize(before.state, x, batch)  # weight, bias or eps changed
             return FitOutcome(record, y, False)
 
         return _FitPlan(self._loop(store, session, build, if_match, idem), finish)
@@ -499,26 +540,46 @@ class Commits:
         return out.session, False
 
 
+def _same_affine(a: bncore.BNState, b: bncore.BNState) -> bool:
+    """Whether ``a`` and ``b`` normalize a batch the same way: the same weight, bias and eps.
+    By identity (states are immutable, and a fit keeps its state's weight and bias arrays):
+    a change that set new ones (an SGD step, an import, a reset) makes new arrays."""
+    return a is b or (a.weight is b.weight and a.bias is b.bias and a.config.eps == b.config.eps)
+
+
 def _fit_record(before: Session, after: bncore.BNState, batch: bncore.Moments) -> FitRecord:
     """The O(C) record of a fit combined on ``before``: drift against its running stats."""
     state = before.state
+    cfg = state.config
     drift = bncore.drift(state, batch)
     summary = drift.summary() if drift is not None else None
-    flags = bncore.drift_flags(state.config, summary) if summary is not None else []
-    host = bncore.to_host
+    flags = bncore.drift_flags(cfg, summary) if summary is not None else []
+    weight, bias = state.weight, state.bias
+    if not (
+        type(batch.mean) is np.ndarray
+        and (weight is None or type(weight) is np.ndarray)
+        and (bias is None or type(bias) is np.ndarray)
+    ):  # on a device: the record is kept on the host (the drift follows the batch)
+        host = bncore.to_host
+        batch = bncore.Moments(host(batch.count), host(batch.mean), host(batch.m2))
+        weight = None if weight is None else host(weight)
+        bias = None if bias is None else host(bias)
+        if drift is not None:
+            drift = bncore.Drift(host(drift.mean_shift), host(drift.log_var_ratio), host(drift.kl))
+    # Every channel counts the same unless values are omitted: no max over the counts.
+    same = cfg.nan_policy != "omit" and batch.count.size > 0
     return FitRecord(
         version=before.version + 1,
         num_batches_tracked=after.num_batches_tracked,
         time=time.time(),
-        batch=bncore.Moments(host(batch.count), host(batch.mean), host(batch.m2)),
-        weight=None if state.weight is None else host(state.weight),
-        bias=None if state.bias is None else host(state.bias),
-        eps=state.config.eps,
-        drift=None
-        if drift is None
-        else bncore.Drift(host(drift.mean_shift), host(drift.log_var_ratio), host(drift.kl)),
+        batch=batch,
+        weight=weight,
+        bias=bias,
+        eps=cfg.eps,
+        drift=drift,
         summary=summary,
         flags=flags,
+        count=int(batch.count[0]) if same else None,
     )
 
 

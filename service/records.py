@@ -8,9 +8,9 @@ keep every float exact, so an answer rendered from a record equals the first one
 
 from __future__ import annotations
 
-import functools
 import struct
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,18 +22,62 @@ from service.stores.base import CorruptRecord, HistoryEntry, HistoryItem
 
 HostArray = np.ndarray[Any, Any]
 _MAGIC = b"BNR\x01"
+_HEAD_LEN = struct.Struct("<I")
+_F64 = np.dtype(np.float64)
+_LITTLE = sys.byteorder == "little"
 
 
 def pack(meta: dict[str, Any], arrays: dict[str, HostArray | None]) -> bytes:
     """One record: JSON-able ``meta`` and host (C,) arrays (None ones are left out)."""
-    present = {k: np.ascontiguousarray(v) for k, v in arrays.items() if v is not None}
-    fixed = {k: v.astype(v.dtype.newbyteorder("<"), copy=False) for k, v in present.items()}
-    head = orjson.dumps(
-        {"meta": meta, "arrays": [[k, v.dtype.str, int(v.size)] for k, v in fixed.items()]}
-    )
-    return b"".join(
-        [_MAGIC, struct.pack("<I", len(head)), head, *(v.tobytes() for v in fixed.values())]
-    )
+    return _packed(orjson.dumps(meta), arrays)
+
+
+def _packed(meta: bytes, arrays: dict[str, HostArray | None]) -> bytes:
+    """``pack`` with ``meta`` already serialized (a fit packs its history entry twice, full
+    and brief, around one ``meta``): the same bytes as orjson writes for the whole header."""
+    table: list[list[Any]] = []
+    parts: list[Any] = []
+    for k, v in arrays.items():
+        if v is None:
+            continue
+        if _LITTLE and type(v) is np.ndarray and v.dtype is _F64 and v.flags.c_contiguous:
+            # A fit's native float64 (C,) rows: bytes.join reads them as they are, no copy.
+            table.append([k, "<f8", v.size])
+            parts.append(v)
+            continue
+        v = np.ascontiguousarray(v)
+        v = v.astype(v.dtype.newbyteorder("<"), copy=False)
+        table.append([k, v.dtype.str, int(v.size)])
+        parts.append(v.tobytes())
+    head = b'{"meta":%s,"arrays":%s}' % (meta, orjson.dumps(table))
+    return b"".join([_MAGIC, _HEAD_LEN.pack(len(head)), head, *parts])
+
+
+# The names of a full history entry's arrays, in order (the drift's three are left out of a
+# fit with no running statistics).
+_HISTORY = ("mean", "var", "mean_shift", "log_var_ratio", "kl")
+# The array tables of history entries of float64 (C,) rows, by (number of arrays, C): the same
+# for every fit of a session (bounded: cleared when full).
+_TABLES: dict[tuple[int, int], bytes] = {}
+
+
+def _packed_rows(meta: bytes, rows: list[HostArray]) -> bytes:
+    """``_packed(meta, dict(zip(_HISTORY, rows)))``, with the array table kept per shape when
+    ``rows`` are native float64 (C,) rows (a fit's own)."""
+    c = rows[0].size if rows else 0
+    for v in rows:
+        own = type(v) is np.ndarray and v.dtype is _F64 and v.flags.c_contiguous
+        if not (own and v.size == c and _LITTLE):
+            return _packed(meta, dict(zip(_HISTORY, rows, strict=False)))
+    key = (len(rows), c)
+    table = _TABLES.get(key)
+    if table is None:
+        if len(_TABLES) >= 256:
+            _TABLES.clear()
+        table = _TABLES[key] = orjson.dumps([[k, "<f8", c] for k in _HISTORY[: len(rows)]])
+    head = b'{"meta":%s,"arrays":%s}' % (meta, table)
+    parts: list[Any] = [_MAGIC, _HEAD_LEN.pack(len(head)), head, *rows]
+    return b"".join(parts)
 
 
 def unpack(data: bytes) -> tuple[dict[str, Any], dict[str, HostArray]]:
@@ -62,11 +106,16 @@ def iso_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class FitRecord:
     """One committed fit, O(C): the batch moments, the weight/bias/eps that normalized it
     (so a retry recomputes its output from its own body), its drift against the running
-    statistics before it, and the version and ``num_batches_tracked`` it produced."""
+    statistics before it, and the version and ``num_batches_tracked`` it produced.
+
+    ``count`` (values per channel, the largest under ``nan_policy='omit'``) and ``var`` (the
+    batch's biased variance per channel) are derived from ``batch`` once, when it is built;
+    a caller that knows the count (every channel counts the same unless values are omitted)
+    passes it."""
 
     version: int
     num_batches_tracked: int
@@ -78,17 +127,33 @@ class FitRecord:
     drift: bncore.Drift | None  # host float64 (C,) each
     summary: dict[str, Any] | None
     flags: list[str]
+    count: int = field(init=False, compare=False, repr=False)
+    var: HostArray = field(init=False, compare=False, repr=False)
 
-    @functools.cached_property
-    def count(self) -> int:
-        """Values per channel in the batch (the largest, under ``nan_policy='omit'``)."""
-        return int(self.batch.count.max()) if self.batch.count.size else 0
-
-    @functools.cached_property
-    def var(self) -> HostArray:
-        """The batch's biased variance per channel."""
-        var: HostArray = self.batch.m2 / self.batch.count
-        return var
+    def __init__(
+        self,
+        version: int,
+        num_batches_tracked: int,
+        time: float,
+        batch: bncore.Moments,
+        weight: HostArray | None,
+        bias: HostArray | None,
+        eps: float,
+        drift: bncore.Drift | None,
+        summary: dict[str, Any] | None,
+        flags: list[str],
+        *,
+        count: int | None = None,
+    ) -> None:
+        # The instance dict filled directly (as bncore.BNState): every fit builds one, and a
+        # frozen __init__ pays an object.__setattr__ per field.
+        d = self.__dict__
+        d["version"], d["num_batches_tracked"], d["time"] = version, num_batches_tracked, time
+        d["batch"], d["weight"], d["bias"], d["eps"] = batch, weight, bias, eps
+        d["drift"], d["summary"], d["flags"] = drift, summary, flags
+        if count is None:
+            count = int(batch.count.max()) if batch.count.size else 0
+        d["count"], d["var"] = count, batch.m2 / batch.count
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -139,9 +204,14 @@ class FitRecord:
 
     def history_entry(self) -> HistoryEntry:
         """The history entry of this fit, full (per-channel values) and brief (summary only)."""
-        meta = self._meta()
-        full = pack(meta, {"mean": self.batch.mean, "var": self.var, **self._drift_arrays()})
-        return HistoryEntry(self.version, self.time, full, pack(meta, {}), self.batch.mean.size)
+        meta = orjson.dumps(self._meta())  # once for both
+        d = self.drift
+        rows = [self.batch.mean, self.var]
+        if d is not None:
+            rows += [d.mean_shift, d.log_var_ratio, d.kl]
+        full = _packed_rows(meta, rows)
+        brief = _packed_rows(meta, [])
+        return HistoryEntry(self.version, self.time, full, brief, self.batch.mean.size)
 
     def drift_json(self) -> dict[str, Any] | None:
         """The fit answer's ``drift`` member (None when the session tracks no running stats)."""

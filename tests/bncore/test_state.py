@@ -156,6 +156,39 @@ def test_the_cached_record_header_writes_the_same_bytes_as_json(config: bn.BNCon
     assert bn.state_to_bytes(state) == expected
 
 
+def _odd_states() -> list[bn.BNState]:
+    """States built by hand that the cached header does not describe."""
+    state = _fitted(bn.BNConfig(4))
+    assert state.weight is not None
+    return [
+        replace(state, config=bn.BNConfig(4, affine=False)),  # buffers the config has not
+        replace(state, weight=None),  # one it has, missing
+        replace(state, weight=np.arange(8, dtype=np.float32)[::2]),  # a strided view
+        replace(state, bias=state.weight.astype(">f4")),  # big-endian
+        replace(state, population=bn.Moments(*(v.astype(np.float32) for v in (
+            state.population.count, state.population.mean, state.population.m2)))),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_a_state_built_by_hand_writes_the_record_of_what_it_holds(index: int) -> None:
+    state = _odd_states()[index]
+    pop = state.population
+    named = [*state.buffers().items(), ("pop_count", pop.count), ("pop_mean", pop.mean)]
+    named.append(("pop_m2", pop.m2))
+    header = {
+        "config": state.config.to_dict(),
+        "num_batches_tracked": state.num_batches_tracked,
+        "arrays": [[n, a.dtype.newbyteorder("<").str] for n, a in named],
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    expected = b"BNS\x01" + struct.pack("<I", len(head)) + head
+    expected += b"".join(
+        np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes() for _, a in named
+    )
+    assert bn.state_to_bytes(state) == expected
+
+
 def test_a_state_in_other_dtypes_still_writes_its_own_record() -> None:
     state = _fitted(bn.BNConfig(3))
     assert state.running_mean is not None

@@ -44,6 +44,44 @@ def test_encode_npy_is_byte_identical_to_numpy_save(shape: tuple[int, ...]) -> N
     assert codecs.encode_npy(a) == npy(a)
 
 
+def test_npy_header_seen_before_still_checks_the_data_length() -> None:
+    body = npy(np.ones((4, 3), "f4"))
+    codecs.decode_npy(body, "float32")  # the header is now known
+    with pytest.raises(MalformedBody, match="header promises 48"):
+        codecs.decode_npy(body[:-4], "float32")
+    with pytest.raises(MalformedBody, match="header promises 48"):
+        codecs.decode_npy(body + bytes(4), "float32")
+
+
+def test_npy_header_seen_before_decodes_each_body_as_its_own() -> None:
+    a, b = np.zeros((2, 3), "f8"), np.arange(6, dtype="f8").reshape(2, 3)
+    np.testing.assert_array_equal(codecs.decode_npy(npy(a), "float64"), a)
+    np.testing.assert_array_equal(codecs.decode_npy(npy(b), "float64"), b)
+    assert codecs.decode_npy(npy(b), "float32").dtype == np.float32
+
+
+def test_npy_in_a_bytearray_decodes_as_from_bytes() -> None:
+    body = npy(np.arange(6, dtype="f4").reshape(2, 3))
+    codecs.decode_npy(body, "float32")  # the header is now known
+    np.testing.assert_array_equal(
+        codecs.decode_npy(bytearray(body), "float32"), codecs.decode_npy(body, "float32")
+    )
+
+
+def test_npy_refused_header_is_refused_again() -> None:
+    body = npy(np.zeros(3, "i4"))
+    for _ in range(2):
+        with pytest.raises(bncore.DTypeError):
+            codecs.decode_npy(body, "float32")
+
+
+def test_encode_npy_of_a_shape_seen_before_is_still_byte_identical_to_numpy_save() -> None:
+    for dtype in ("f4", "f8", "<f4", "f4"):
+        a = np.random.default_rng(0).normal(0, 1, (3, 2)).astype(dtype)
+        assert codecs.encode_npy(a) == npy(a)
+    assert codecs.encode_npy(np.zeros((3, 2), ">f8")) == npy(np.zeros((3, 2), "<f8"))
+
+
 def test_npy_header_numpy_did_not_write_uses_the_safe_parser() -> None:
     text = b"{'shape': (2, 3), 'fortran_order': False, 'descr': '<f8'}"
     header = text + b" " * (-(10 + len(text) + 1) % 64) + b"\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -138,3 +139,35 @@ def test_a_fit_in_flight_does_not_open_the_session_to_another_owner() -> None:
     finally:
         store.release.set()
         t.join()
+
+
+def test_a_fit_answers_what_bncore_fit_gives_on_the_session_it_read() -> None:
+    store = MemoryStore()
+    store.create(_session())
+    start = store.read("s")
+    out = Commits().fit(store, start, X)
+    made, fitted = bncore.fit(start.state, X)
+    assert out.output is not None and fitted.output is not None
+    assert out.output.tobytes() == fitted.output.tobytes()
+    after = store.read("s").state
+    assert after.running_var is not None and made.running_var is not None
+    assert after.running_var.tobytes() == made.running_var.tobytes()
+    assert after.population.m2.tobytes() == made.population.m2.tobytes()
+
+
+def test_a_fit_read_before_a_change_is_combined_and_normalized_with_the_changed_state() -> None:
+    store = MemoryStore()
+    store.create(_session())
+    stale = store.read("s")
+    commits = Commits()
+    weight = np.array([2.0, -3.0], np.float32)
+    commits.change(store, stale, lambda st: replace(st, weight=weight, num_batches_tracked=5))
+    changed = store.read("s").state
+    out = commits.fit(store, stale, X)  # conflicts, then combines on the changed state
+    made, fitted = bncore.fit(changed, X)
+    assert out.output is not None and fitted.output is not None
+    assert out.output.tobytes() == fitted.output.tobytes()
+    final = store.read("s")
+    assert (final.version, final.state.num_batches_tracked) == (3, 6)
+    assert final.state.running_mean is not None and made.running_mean is not None
+    assert final.state.running_mean.tobytes() == made.running_mean.tobytes()

@@ -37,6 +37,28 @@ def test_fit_json_normalizes_and_updates_running_stats(client: TestClient) -> No
     np.testing.assert_allclose(stats["running_var"], 0.9 + 0.1 * X.var(0, ddof=1), rtol=1e-6)
 
 
+def test_fit_npy_answer_has_the_json_answers_headers_then_the_stats_in_order(
+    client: TestClient,
+) -> None:
+    sid = create(client)
+    body, heads = npy(X.astype(np.float32)), {"content-type": NPY, "accept": NPY}
+    first = client.post(f"/v1/sessions/{sid}/fit", content=body, headers=heads)
+    retried = client.post(
+        f"/v1/sessions/{sid}/fit", content=body, headers={**heads, "idempotency-key": "k1"}
+    )
+    again = client.post(
+        f"/v1/sessions/{sid}/fit", content=body, headers={**heads, "idempotency-key": "k1"}
+    )
+    assert (first.status_code, retried.status_code, again.status_code) == (200, 200, 200)
+    stats = ["bn-batch-mean", "bn-batch-var"]
+    names = ["etag", "bn-num-batches-tracked", "vary", *stats, "content-length", "content-type"]
+    assert [k.decode() for k, _ in first.headers.raw] == names
+    replayed = [*names[:5], "idempotent-replayed", *names[5:]]
+    assert [k.decode() for k, _ in again.headers.raw] == replayed
+    assert again.content == retried.content and first.headers["vary"] == "Accept"
+    assert int(first.headers["content-length"]) == len(first.content)
+
+
 def test_fit_accepts_flat_data_with_shape(client: TestClient) -> None:
     sid = create(client)
     r = client.post(f"/v1/sessions/{sid}/fit", json={"data": X.ravel().tolist(), "shape": [4, 3]})
