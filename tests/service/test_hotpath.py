@@ -166,7 +166,7 @@ def test_loop_free_during_a_small_fit_commit(
     real = SQLiteStore._run
 
     def held(self: SQLiteStore, batch: Any) -> None:
-        if any(w.done is not None for w in batch):  # the fit's batch, not the create's
+        if any(w.woken is not None for w in batch):  # the fit's batch, not the create's
             entered.set()
             release.wait(30)
         real(self, batch)
