@@ -4,6 +4,7 @@ group commit, and records that cannot be decoded."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import sqlite3
@@ -279,22 +280,24 @@ def test_fits_to_one_hot_session_share_transactions_without_conflicts(tmp_path: 
     store.close()
 
 
-def test_history_of_shared_batches_keeps_what_one_commit_at_a_time_keeps(tmp_path: Path) -> None:
-    """A batch inserts its history entries in one statement and trims once: the entries
-    kept (full, briefed, capped) are those the memory store keeps one commit at a time."""
+def test_shared_batches_store_what_one_commit_at_a_time_stores(tmp_path: Path) -> None:
+    """A batch inserts its history entries in one statement and trims once: what the file
+    holds (read by a fresh store, no cache) is what the memory store holds after the same
+    commits one at a time."""
     policy = HistoryPolicy(recent=3, every=2, older=2)
     sqlite_store = SQLiteStore(tmp_path / "h.db", StoreOptions(history=policy))
     memory = MemoryStore(StoreOptions(history=policy))
     now = time.time()
     state = bncore.initial_state(bncore.BNConfig(2))
     for store in (sqlite_store, memory):
-        store.create(Session("h", state, 1, now, now))
+        store.create(Session("h", state, 1, now, now, "named", "owner-1"))
     version = 1
     for size in (1, 5, 2, 7, 3):
         batches = sqlite_store._group.batches
         pending, last = [], None
         for _ in range(size):  # queued, not waited for: the first wait runs them all at once
             v = version + 1
+            state = dataclasses.replace(state, num_batches_tracked=v)  # a state per commit
             entry = HistoryEntry(v, now + v, b"full%d" % v, b"brief%d" % v, 2)
             last = sqlite_store.submit_commit("h", version, state, history=entry, after=last)
             pending.append(last)
@@ -302,7 +305,13 @@ def test_history_of_shared_batches_keeps_what_one_commit_at_a_time_keeps(tmp_pat
             version = v
         assert all(isinstance(p.result(), Committed) for p in pending)
         assert sqlite_store._group.batches == batches + 1
-    kept = sqlite_store.history("h", 100)
+    sqlite_store.close()
+    fresh = SQLiteStore(tmp_path / "h.db", StoreOptions(history=policy))
+    stored, expected = fresh.read("h"), memory.read("h")
+    assert (stored.version, stored.name, stored.owner) == (19, "named", "owner-1")
+    assert stored.version == expected.version
+    assert stored.state.num_batches_tracked == expected.state.num_batches_tracked == 19
+    kept = fresh.history("h", 100)
     assert kept == memory.history("h", 100)
     assert [(i.version, i.full) for i in kept] == [
         (19, True),
@@ -311,7 +320,7 @@ def test_history_of_shared_batches_keeps_what_one_commit_at_a_time_keeps(tmp_pat
         (16, False),
         (14, False),
     ]
-    sqlite_store.close()
+    fresh.close()
 
 
 def test_a_commit_built_on_one_that_did_not_land_is_a_conflict(tmp_path: Path) -> None:
