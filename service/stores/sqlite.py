@@ -361,19 +361,29 @@ class SQLiteStore:
                 if held is not None:
                     return Duplicate(held)
             now, version = time.time(), expected_version + 1
-            head = db.execute(  # the version check and the write in one statement
+            # The version check and the write in one statement. A session's name, creation
+            # time and owner never change (its id is never reused): when this process knows
+            # them, the UPDATE returns no row (one SQLite step less, and one GIL hand-off).
+            known = self._cache.get(session_id)
+            update = (
                 "UPDATE sessions SET state = ?, version = ?, updated_at = ? "
-                "WHERE id = ? AND version = ? RETURNING name, created_at, owner",
-                (blob, version, now, session_id, expected_version),
-            ).fetchall()
-            if not head:
+                "WHERE id = ? AND version = ?"
+            )
+            params = (blob, version, now, session_id, expected_version)
+            if known is not None:
+                applied = db.execute(update, params).rowcount == 1
+                head = (known.name, known.created_at, known.owner)
+            else:
+                rows = db.execute(update + " RETURNING name, created_at, owner", params).fetchall()
+                applied, head = bool(rows), rows[0] if rows else (None, 0.0, None)
+            if not applied:
                 found = db.execute(
                     "SELECT version FROM sessions WHERE id = ?", (session_id,)
                 ).fetchone()
                 if found is None:
                     raise SessionNotFound(session_id)
                 return Conflict(int(found[0]) if isinstance(found[0], int) else -1)
-            name, created_at, owner = head[0]
+            name, created_at, owner = head
             if receipt is not None:
                 self._keep(db, receipt)
             if history is not None and self._policy.recent > 0:

@@ -307,8 +307,13 @@ def test_shared_batches_store_what_one_commit_at_a_time_stores(tmp_path: Path) -
         assert sqlite_store._group.batches == batches + 1
     sqlite_store.close()
     fresh = SQLiteStore(tmp_path / "h.db", StoreOptions(history=policy))
+    # A store that has not read the session yet learns its name and owner from the UPDATE.
+    cold = fresh.commit("h", version, state)
+    assert isinstance(cold, Committed)
+    assert (cold.session.name, cold.session.owner, cold.session.version) == ("named", "owner-1", 20)
+    assert isinstance(memory.commit("h", version, state), Committed)
     stored, expected = fresh.read("h"), memory.read("h")
-    assert (stored.version, stored.name, stored.owner) == (19, "named", "owner-1")
+    assert (stored.version, stored.name, stored.owner) == (20, "named", "owner-1")
     assert stored.version == expected.version
     assert stored.state.num_batches_tracked == expected.state.num_batches_tracked == 19
     kept = fresh.history("h", 100)
@@ -320,6 +325,11 @@ def test_shared_batches_store_what_one_commit_at_a_time_stores(tmp_path: Path) -
         (16, False),
         (14, False),
     ]
+    assert all(
+        (c.session.name, c.session.owner) == ("named", "owner-1")
+        for c in (p.result() for p in pending)
+        if isinstance(c, Committed)
+    )
     fresh.close()
 
 
