@@ -53,33 +53,6 @@ def _packed(meta: bytes, arrays: dict[str, HostArray | None]) -> bytes:
     return b"".join([_MAGIC, _HEAD_LEN.pack(len(head)), head, *parts])
 
 
-# The names of a full history entry's arrays, in order (the drift's three are left out of a
-# fit with no running statistics).
-_HISTORY = ("mean", "var", "mean_shift", "log_var_ratio", "kl")
-# The array tables of history entries of float64 (C,) rows, by (number of arrays, C): the same
-# for every fit of a session (bounded: cleared when full).
-_TABLES: dict[tuple[int, int], bytes] = {}
-
-
-def _packed_rows(meta: bytes, rows: list[HostArray]) -> bytes:
-    """``_packed(meta, dict(zip(_HISTORY, rows)))``, with the array table kept per shape when
-    ``rows`` are native float64 (C,) rows (a fit's own)."""
-    c = rows[0].size if rows else 0
-    for v in rows:
-        own = type(v) is np.ndarray and v.dtype is _F64 and v.flags.c_contiguous
-        if not (own and v.size == c and _LITTLE):
-            return _packed(meta, dict(zip(_HISTORY, rows, strict=False)))
-    key = (len(rows), c)
-    table = _TABLES.get(key)
-    if table is None:
-        if len(_TABLES) >= 256:
-            _TABLES.clear()
-        table = _TABLES[key] = orjson.dumps([[k, "<f8", c] for k in _HISTORY[: len(rows)]])
-    head = b'{"meta":%s,"arrays":%s}' % (meta, table)
-    parts: list[Any] = [_MAGIC, _HEAD_LEN.pack(len(head)), head, *rows]
-    return b"".join(parts)
-
-
 def unpack(data: bytes) -> tuple[dict[str, Any], dict[str, HostArray]]:
     """Inverse of ``pack``; ``CorruptRecord`` (503) on anything that does not parse."""
     try:
@@ -205,12 +178,8 @@ class FitRecord:
     def history_entry(self) -> HistoryEntry:
         """The history entry of this fit, full (per-channel values) and brief (summary only)."""
         meta = orjson.dumps(self._meta())  # once for both
-        d = self.drift
-        rows = [self.batch.mean, self.var]
-        if d is not None:
-            rows += [d.mean_shift, d.log_var_ratio, d.kl]
-        full = _packed_rows(meta, rows)
-        brief = _packed_rows(meta, [])
+        full = _packed(meta, {"mean": self.batch.mean, "var": self.var, **self._drift_arrays()})
+        brief = _packed(meta, {})
         return HistoryEntry(self.version, self.time, full, brief, self.batch.mean.size)
 
     def drift_json(self) -> dict[str, Any] | None:
