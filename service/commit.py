@@ -21,8 +21,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
@@ -188,15 +187,6 @@ class _Flights:
             flight.users -= 1
             if flight.users == 0:
                 del self._flights[session_id]
-
-    @contextmanager
-    def hold(self, session_id: str) -> Iterator[_Flight]:
-        """``enter`` and ``leave`` around a block."""
-        flight = self.enter(session_id)
-        try:
-            yield flight
-        finally:
-            self.leave(session_id, flight)
 
 
 def _forget(flight: _Flight, pending: PendingCommit) -> None:

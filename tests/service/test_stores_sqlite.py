@@ -411,12 +411,15 @@ def test_pipelined_commits_do_not_keep_each_other_alive(tmp_path: Path) -> None:
     now = time.time()
     store.create(Session("hot", bncore.initial_state(bncore.BNConfig(2)), 1, now, now))
     commits = Commits()
-    with commits._flights.hold("hot"):  # a busy session: its prediction is never dropped
+    flight = commits._flights.enter("hot")  # a busy session: its prediction is never dropped
+    try:
         for _ in range(200):
             commits.fit(store, commits.read(store, "hot"), X, output=False)
         gc.collect()
         alive = [o for o in gc.get_objects() if type(o).__name__ == "_Pending"]
         assert len(alive) <= 2, f"{len(alive)} finished commits still reachable"
+    finally:
+        commits._flights.leave("hot", flight)
     assert store.read("hot").state.num_batches_tracked == 200
     store.close()
 
