@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import binascii
-import functools
 import sys
 from typing import Annotated, Any, Literal
 
@@ -175,11 +174,6 @@ def fit(
     return fit.commit(fit.decode(backend, commits), commits, if_match, idem, metrics)
 
 
-# A client sends the same Accept header fit after fit: its answer type is kept (bounded; an
-# unacceptable one raises again each time). Parsing it costs ~1.6 us.
-_negotiate = functools.lru_cache(maxsize=256)(negotiate)
-
-
 class _Fit:
     """A fit in two steps: ``decode`` (no I/O beyond a cached read: may run on the event loop)
     and ``commit`` (waits for the store's durable commit: never on the event loop)."""
@@ -188,7 +182,7 @@ class _Fit:
         self, session_id: str, body: Body, store: Store, settings: Settings, output: bool
     ) -> None:
         self.media = content_type(body.content_type, TENSOR_TYPES)
-        self.answer = _negotiate(body.accept, self.media, TENSOR_TYPES) if output else JSON
+        self.answer = negotiate(body.accept, self.media, TENSOR_TYPES) if output else JSON
         self.body, self.store, self.output = body, store, output
         self.session_id, self.max_header = session_id, settings.stats_header_max_features
 
