@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -80,6 +82,67 @@ def test_fits_from_8_threads_against_2_workers_are_each_applied_once(
         assert sorted(acked) == list(range(1, 97))  # each fit saw a distinct, gapless count
         assert session["num_batches_tracked"] == 96
         assert session["population_count"] == 960
+    finally:
+        server.stop()
+
+
+def test_clients_that_leave_while_their_fit_awaits_the_group_commit_apply_it_once_or_not(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Small fits are committed on the event loop through the group commit. Clients that
+    close their connection right after sending (some before the server reads the body, some
+    while the fit waits for its batch's fsync) next to clients that read every answer: each
+    fit lands once or not at all, the session stays exact (one body, so any k fits give one
+    known state), and nothing is logged as a 500."""
+    server = Server(sqlite_url, log=tmp_path / "server.log", log_level="info").start()
+    try:
+        sid = httpx.post(f"{server.url}/v1/sessions", json={"num_features": 8}).json()["id"]
+        x = np.random.default_rng(5).normal(3, 2, (32, 8)).astype(np.float32)
+        body = npy(x)
+        request = (
+            f"POST /v1/sessions/{sid}/fit?output=false HTTP/1.1\r\nHost: t\r\n"
+            f"Content-Type: {NPY}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        answered: list[int] = []
+        lock = threading.Lock()
+
+        def leaver() -> None:
+            for _ in range(40):
+                with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                    sock.sendall(request)  # and gone, without reading
+
+        def reader() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                for _ in range(40):
+                    r = c.post(
+                        f"/v1/sessions/{sid}/fit?output=false",
+                        content=body,
+                        headers={"content-type": NPY},
+                    )
+                    assert r.status_code == 200, r.text
+                    with lock:
+                        answered.append(r.json()["num_batches_tracked"])
+
+        threads = [threading.Thread(target=f) for f in (leaver, leaver, reader, reader)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(0.5)  # the leavers' last fits finish their commit
+        stats = httpx.get(f"{server.url}/v1/sessions/{sid}/stats").json()
+        k = stats["num_batches_tracked"]
+        assert len(answered) == 80 and len(set(answered)) == 80  # distinct counts: each once
+        assert 80 <= k <= 160 and max(answered) <= k
+        assert stats["population"]["count"] == [32.0 * k] * 8  # one record, one update per fit
+        # k fits of one batch from the defaults (mean 0, var 1, momentum 0.1), by hand:
+        # r_k = 0.9**k * r_0 + (1 - 0.9**k) * batch statistic (unbiased variance).
+        keep = 0.9**k
+        data = x.astype(np.float64)
+        np.testing.assert_allclose(stats["running_mean"], (1 - keep) * data.mean(0), rtol=1e-5)
+        expected_var = keep + (1 - keep) * data.var(0, ddof=1)
+        np.testing.assert_allclose(stats["running_var"], expected_var, rtol=1e-5)
+        log = (tmp_path / "server.log").read_text()
+        assert "Traceback" not in log and '" 500' not in log
     finally:
         server.stop()
 
