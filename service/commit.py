@@ -321,7 +321,8 @@ class Commits:
                 try:
                     last = flight.last
                     if last is not None and last.version > current.version:
-                        current, after = last, last.pending  # landed or on its way
+                        # Landed or on its way, or doomed: a prediction, not stored data.
+                        current, after, fresh = last, last.pending, False
                     moved = lease_for_commit(store, sid, current)  # Redis: replicas take turns
                     if moved is not None:
                         current, after, fresh = moved, None, True

@@ -19,6 +19,7 @@ from service.errors import SessionNotFound, StoreUnavailable
 from service.stores import MemoryStore
 from service.stores.base import (
     CommitResult,
+    Conflict,
     HistoryEntry,
     PendingCommit,
     Receipt,
@@ -171,3 +172,72 @@ def test_a_fit_read_before_a_change_is_combined_and_normalized_with_the_changed_
     assert (final.version, final.state.num_batches_tracked) == (3, 6)
     assert final.state.running_mean is not None and made.running_mean is not None
     assert final.state.running_mean.tobytes() == made.running_mean.tobytes()
+
+
+class _Recorded:
+    """A pending commit the test answers itself (it drives the commit loop step by step)."""
+
+    def __init__(self, expected_version: int) -> None:
+        self.expected_version = expected_version
+
+    def result(self) -> CommitResult:
+        raise AssertionError("driven by the test")
+
+    async def wait(self) -> CommitResult:
+        raise AssertionError("driven by the test")
+
+
+class RecordingStore:
+    """A memory store whose ``submit_commit`` only records what it was handed."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def submit_commit(
+        self,
+        session_id: str,
+        expected_version: int,
+        state: bncore.BNState,
+        **_: Any,
+    ) -> _Recorded:
+        return _Recorded(expected_version)
+
+
+def test_if_match_after_a_conflict_is_checked_against_the_store_not_a_doomed_prediction() -> None:
+    """Fits C, R (If-Match 2, on C's predicted version 2) and D (on R's prediction) are in
+    flight on one session when another process takes version 2 first: C fails, R conflicts.
+    The store holds version 2, what R's If-Match names, while D's prediction (version 4, built
+    on R's failed commit: it cannot land) is the newest in this process. R's next attempt must
+    judge If-Match on the stored session, not answer 412 naming D's version, which never
+    exists (it did, before the commit loop counted a prediction as stored data)."""
+    inner = MemoryStore()
+    inner.create(_session())
+    store: Any = RecordingStore(inner)
+    commits = Commits()
+
+    def build(current: Session) -> Any:
+        state = bncore.fit(current.state, X)[0]
+        return state, lambda: b"", None, None
+
+    def loop(if_match: Any = None) -> Any:
+        return commits._loop(store, commits.read(store, "s"), build, if_match, None)
+
+    c = loop()
+    assert next(c).expected_version == 1  # C: on the stored version 1
+    r = loop(frozenset({2}))
+    assert next(r).expected_version == 2  # R: on C's prediction (version 2)
+    d = loop()
+    assert next(d).expected_version == 3  # D: on R's prediction
+    inner.commit("s", 1, bncore.fit(inner.read("s").state, Y)[0])  # another process: v2
+    with pytest.raises(StoreUnavailable):
+        c.throw(StoreUnavailable("C's commit failed"))
+    back_off = r.send(Conflict(-1))  # R was built on C, which did not land
+    assert isinstance(back_off, float)
+    retried = r.send(None)  # R re-reads (version 2) and tries again
+    assert retried.expected_version == 2  # on the stored session that If-Match names
+    for g in (r, d):
+        g.close()
+    assert commits.in_flight() == 0
