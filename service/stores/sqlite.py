@@ -221,6 +221,9 @@ class SQLiteStore:
             self._fault = str(exc)
             self._reset_writer()
             raise self._unavailable(exc) from None
+        except BaseException:  # (not a write's domain error): no transaction left open
+            self._reset_writer()
+            raise
         finally:
             self._appended.clear()
             self._history_rows.clear()

@@ -443,3 +443,29 @@ def test_an_sqlite_too_old_for_the_store_is_refused_by_name(
     with pytest.raises(RuntimeError, match=r"needs SQLite 3\.35\.0 or newer"):
         SQLiteStore(tmp_path / "old.db")
     assert not (tmp_path / "old.db").exists()  # refused before touching the file
+
+
+def test_a_batch_cut_short_by_a_base_exception_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    """A write that raises what no write may raise (here a BaseException, as an interrupt
+    would) fails its batch; the next batch finds no transaction left open by it."""
+
+    class Interrupted(BaseException):
+        pass
+
+    store = SQLiteStore(tmp_path / "cut.db")
+    now = time.time()
+    state = bncore.initial_state(bncore.BNConfig(2))
+    store.create(Session("a", state, 1, now, now))
+
+    def interrupted(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE sessions SET version = 99 WHERE id = 'a'")
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        store._write(interrupted)
+    store.create(Session("b", state, 1, now, now))  # not a 503
+    assert store.read("a").version == 1  # the interrupted batch's change was rolled back
+    assert store.read("b").version == 1
+    store.close()
