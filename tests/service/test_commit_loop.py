@@ -46,16 +46,23 @@ class _HeldThenFailed:
         return self.result()
 
 
-class FirstCommitFails:
-    """A memory store whose first ``submit_commit`` hangs, then fails."""
+class _Wrapped:
+    """A memory store, but for the ``submit_commit`` of a subclass."""
 
     def __init__(self, inner: MemoryStore) -> None:
         self.inner = inner
-        self.release = threading.Event()
-        self.first = True
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+class FirstCommitFails(_Wrapped):
+    """A memory store whose first ``submit_commit`` hangs, then fails."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        super().__init__(inner)
+        self.release = threading.Event()
+        self.first = True
 
     def submit_commit(
         self,
@@ -187,14 +194,8 @@ class _Recorded:
         raise AssertionError("driven by the test")
 
 
-class RecordingStore:
-    """A memory store whose ``submit_commit`` only records what it was handed."""
-
-    def __init__(self, inner: MemoryStore) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+class RecordingStore(_Wrapped):
+    """A memory store whose ``submit_commit`` only records the version it was given."""
 
     def submit_commit(
         self,
